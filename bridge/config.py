@@ -1,0 +1,291 @@
+"""Configuration: one YAML file, validated once into frozen models.
+
+``load()`` is the only entry point; ``serve`` and ``check-config`` both call it, so a
+config that passes ``check-config`` is exactly a config ``serve`` accepts.
+
+* Unknown keys are errors that name the key and its line, because a typo such as
+  ``integraton_key`` must not silently fall back to a default.
+* ``${VAR}`` in any string value is replaced from the environment (``$$`` is a
+  literal ``$``). An unset variable expands to the empty string and is reported in
+  ``Config.unset_variables`` so ``serve`` can warn about it.
+* ``FLASHDUTY_INTEGRATION_KEY`` fills ``flashduty.integration_key`` when the file
+  does not set it (or when there is no file at all).
+* Durations are numbers of seconds or strings such as ``500ms``, ``10s``, ``5m``, ``1h``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+KEY_ENV_VAR = "FLASHDUTY_INTEGRATION_KEY"
+
+DEFAULT_LISTEN = "0.0.0.0:9095"
+DEFAULT_STORAGE_PATH = "data"
+DEFAULT_FLASHDUTY_URL = "https://api.flashcat.cloud/event/push/alert/standard"
+DEFAULT_TIMEOUT_SECONDS = 10.0
+DEFAULT_MAX_PENDING = 100_000
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_WORKERS = 8
+
+#: Flashduty's own Prometheus integration table (lower-cased label value -> status).
+DEFAULT_SEVERITY_MAP: dict[str, str] = {
+    "critical": "Critical",
+    "warning": "Warning",
+    "warn": "Warning",
+    "info": "Info",
+    "acknowledged": "Info",
+    "unknown": "Info",
+    "unk": "Info",
+}
+DEFAULT_SEVERITY_LABELS = ("severity", "priority", "level")
+#: Labels that identify an alert; they survive the 50-label cap first, in this order.
+DEFAULT_IDENTITY_LABELS = (
+    "alertname",
+    "severity",
+    "instance",
+    "job",
+    "service",
+    "namespace",
+    "cluster",
+    "env",
+    "team",
+    "pod",
+    "container",
+    "priority",
+    "level",
+)
+FIRING_STATUSES = ("Critical", "Warning", "Info")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def _parse_duration(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}: use seconds or a number with ms, s, m or h")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"invalid duration {value!r}: use seconds or a number with ms, s, m or h")
+        return float(match.group(1)) * _UNITS[match.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0, allow_inf_nan=False)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Frozen):
+    path: Path = Path(DEFAULT_STORAGE_PATH)
+    #: Pending events above which senders get 503 (Alertmanager retries; nothing is dropped).
+    max_pending: int = Field(DEFAULT_MAX_PENDING, gt=0, strict=True)
+
+
+class FlashdutyConfig(_Frozen):
+    url: str = DEFAULT_FLASHDUTY_URL
+    integration_key: SecretStr = SecretStr("")
+    #: Per-attempt timeout for one request to Flashduty.
+    timeout: Duration = DEFAULT_TIMEOUT_SECONDS
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname
+        except ValueError:
+            host = None
+        if parts.scheme not in ("http", "https") or not host:
+            # The value is not echoed: a pasted push URL carries the integration key.
+            raise ValueError("must be an http(s) URL with a host")
+        return value
+
+    @property
+    def dry_run(self) -> bool:
+        return not self.integration_key.get_secret_value()
+
+
+class DeliveryConfig(_Frozen):
+    #: Events delivered concurrently (always one at a time per alert_key).
+    workers: int = Field(DEFAULT_WORKERS, ge=1, le=256, strict=True)
+    backoff_initial: Duration = 1.0
+    backoff_max: Duration = 60.0
+    #: Upper bound for a Retry-After header, so a bogus value cannot stall a key for hours.
+    retry_after_max: Duration = 300.0
+
+
+class AlertmanagerConfig(_Frozen):
+    """How Alertmanager alerts become Flashduty events."""
+
+    #: Prefix of every alert_key from this source; the fingerprint follows it.
+    key_prefix: str = Field("alertmanager", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    severity_labels: tuple[str, ...] = DEFAULT_SEVERITY_LABELS
+    severity_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SEVERITY_MAP))
+    default_severity: str = "Warning"
+    identity_labels: tuple[str, ...] = DEFAULT_IDENTITY_LABELS
+    #: Titles starting with "[TPL]" switch on Flashduty-side templating; off unless asked for.
+    allow_tpl_titles: bool = False
+
+    @field_validator("severity_map")
+    @classmethod
+    def _firing_statuses_only(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, status in value.items():
+            if status not in FIRING_STATUSES:
+                raise ValueError(
+                    f"{name!r} maps to {status!r}; a firing alert can only be one of {', '.join(FIRING_STATUSES)}"
+                )
+        return {name.strip().lower(): status for name, status in value.items()}
+
+    @field_validator("default_severity")
+    @classmethod
+    def _firing_status(cls, value: str) -> str:
+        if value not in FIRING_STATUSES:
+            raise ValueError(f"must be one of {', '.join(FIRING_STATUSES)}, got {value!r}")
+        return value
+
+
+class Config(_Frozen):
+    listen: str = DEFAULT_LISTEN
+    storage: StorageConfig = StorageConfig()
+    flashduty: FlashdutyConfig = FlashdutyConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    alertmanager: AlertmanagerConfig = AlertmanagerConfig()
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0, strict=True)
+    log_level: str = Field("info", pattern=r"^(?i:debug|info|warning|error)$")
+    #: Environment variables referenced as ${VAR} that were not set (not part of the file).
+    unset_variables: tuple[str, ...] = Field(default=(), exclude=True)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_listen(value)
+        return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:9095`` for IPv6) into its parts."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` lists every reason, each with its location."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(value: Any, env: Mapping[str, str], unset: list[str]) -> Any:
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name is None:
+                return "$"
+            if name not in env:
+                unset.append(name)
+            return env.get(name, "")
+
+        return _VAR.sub(substitute, value)
+    if isinstance(value, dict):
+        return {key: _expand(item, env, unset) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand(item, env, unset) for item in value]
+    return value
+
+
+def _key_lines(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> None:
+    """Record the 1-based line of every mapping key and sequence item, by its path."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = (*path, key_node.value)
+            lines[child] = key_node.start_mark.line + 1
+            _key_lines(value_node, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines[(*path, index)] = item.start_mark.line + 1
+            _key_lines(item, (*path, index), lines)
+
+
+def _describe(error: ValidationError, lines: Mapping[tuple[Any, ...], int]) -> list[str]:
+    problems = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        dotted = ".".join(str(part) for part in loc) or "(top level)"
+        line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+        where = f"line {line}: " if line else ""
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{where}unknown key {dotted!r}")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}{dotted}: {message}")
+    return problems
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """Where and what, without the quoted source line (it may hold the integration key)."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"line {mark.line + 1} column {mark.column + 1}: invalid YAML: {error.problem}"
+    return "invalid YAML"
+
+
+def load(path: Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read, expand and validate a config file (or the defaults when ``path`` is None).
+
+    Raises :class:`ConfigError` listing every problem found.
+    """
+    env = os.environ if env is None else env
+    source = str(path) if path else "(defaults)"
+    data: Any = {}
+    lines: dict[tuple[Any, ...], int] = {}
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(source, [f"cannot read: {exc.strerror or exc}"]) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(source, [f"not valid UTF-8 (byte {exc.start})"]) from None
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(source, [_yaml_problem(exc)]) from None
+        if node is not None:
+            _key_lines(node, (), lines)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(source, ["the top level must be a mapping of keys"])
+    unset: list[str] = []
+    data = _expand(data, env, unset)
+    flashduty = data.get("flashduty")
+    if flashduty is None or isinstance(flashduty, dict):  # anything else is reported by validation
+        flashduty = flashduty or {}
+        if not flashduty.get("integration_key") and env.get(KEY_ENV_VAR):
+            data["flashduty"] = {**flashduty, "integration_key": env[KEY_ENV_VAR]}
+    data["unset_variables"] = tuple(dict.fromkeys(unset))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _describe(exc, lines)) from None

@@ -1,0 +1,183 @@
+"""Map an :class:`~bridge.models.Alert` to a contract-clean Flashduty :class:`~bridge.models.Event`.
+
+Every Flashduty limit is enforced here, before anything is stored, and every
+truncation, rewritten label key and dropped label is counted in metrics:
+
+* ``event_status``: resolved → ``Ok``; firing → the first of the severity labels,
+  looked up case-insensitively in the severity table, else the default (Warning).
+  A firing alert never becomes ``Ok``.
+* ``alert_key``: ``<prefix>:<fingerprint>``, identical for firing and resolved.
+* ``title_rule``: a literal title (alertname and summary), one line, ≤ 512 chars,
+  never starting with ``[TPL]`` unless configured.
+* ``description``: description / message / summary plus runbook and source links,
+  ≤ 2048 chars; the links are kept when the text is shortened.
+* ``labels``: the alert's labels, then its annotations; keys made to match
+  Prometheus naming without silent clashes; at most 50, identity labels first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from bridge import limits
+from bridge.config import AlertmanagerConfig
+from bridge.metrics import Metrics
+from bridge.models import Alert, Event, EventStatus
+
+#: Annotations worth keeping first when the 50-label cap bites, in this order.
+_PREFERRED_ANNOTATIONS = ("summary", "description", "message", "runbook_url")
+_DESCRIPTION_ANNOTATIONS = ("description", "message", "summary")
+_WHITESPACE = re.compile(r"\s+")
+_TPL = "[TPL]"
+#: Links are short; cap their share of the description so the text always has room.
+_LINKS_MAX = 1024
+
+
+def _one_line(text: str) -> str:
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def _suffixed(key: str, original: str, attempt: int) -> str:
+    digest = hashlib.sha256(f"{original}\x00{attempt}".encode(errors="surrogatepass")).hexdigest()[:8]
+    return f"{key[: limits.LABEL_KEY_MAX - 9]}_{digest}"
+
+
+class Mapper:
+    """Turns alerts of one source into events; one instance per source config."""
+
+    def __init__(self, config: AlertmanagerConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+
+    def event(self, alert: Alert) -> Event:
+        when = alert.ends_at if alert.status == "resolved" else alert.starts_at
+        return Event(
+            alert_key=self.alert_key(alert),
+            event_status=self.status(alert),
+            title_rule=self.title(alert),
+            description=self.description(alert),
+            labels=self.labels(alert),
+            event_time=int(when.timestamp()) if when else None,
+        )
+
+    def status(self, alert: Alert) -> EventStatus:
+        if alert.status == "resolved":
+            return "Ok"
+        for name in self.config.severity_labels:
+            if name in alert.labels:
+                found = self.config.severity_map.get(alert.labels[name].strip().lower())
+                if found in ("Critical", "Warning", "Info"):
+                    return found  # type: ignore[return-value]  # validated in config
+                break  # the first severity label decides, as in Flashduty's integration
+        return self.config.default_severity  # type: ignore[return-value]  # validated in config
+
+    def alert_key(self, alert: Alert) -> str:
+        key = f"{self.config.key_prefix}:{limits.clean_text(alert.fingerprint)}"
+        if len(key) > limits.ALERT_KEY_MAX:
+            # Hash rather than cut, so two long fingerprints never share a key.
+            self.metrics.truncations.labels("alert_key").inc()
+            digest = hashlib.sha256(alert.fingerprint.encode(errors="surrogatepass")).hexdigest()
+            key = f"{self.config.key_prefix}:sha256:{digest}"
+        return key
+
+    def _limit(self, field: str, text: str, limit: int) -> str:
+        out, cut = limits.truncate(text, limit)
+        if cut:
+            self.metrics.truncations.labels(field).inc()
+        return out
+
+    def title(self, alert: Alert) -> str:
+        labels, annotations = alert.labels, alert.annotations
+        name = _one_line(labels.get("alertname", ""))
+        summary = _one_line(annotations.get("summary", ""))
+        target = labels.get("instance") or labels.get("job") or ""
+        if name and summary:
+            title = f"{name}: {summary}"
+        elif summary:
+            title = summary
+        elif name:
+            title = f"{name} on {_one_line(target)}" if target else name
+        else:
+            title = f"Alert {alert.fingerprint}"
+        title = limits.clean_text(title)
+        if not self.config.allow_tpl_titles and title.upper().startswith(_TPL):
+            # "[TPL]" turns on Flashduty-side templating of the title; alert text must stay literal.
+            title = "(TPL)" + title[len(_TPL) :]
+        return self._limit("title_rule", title, limits.TITLE_MAX)
+
+    def description(self, alert: Alert) -> str:
+        text = next(
+            (
+                alert.annotations[name].strip()
+                for name in _DESCRIPTION_ANNOTATIONS
+                if alert.annotations.get(name, "").strip()
+            ),
+            "",
+        )
+        links = []
+        if alert.annotations.get("runbook_url", "").strip():
+            links.append(f"Runbook: {alert.annotations['runbook_url'].strip()}")
+        if alert.generator_url:
+            links.append(f"Source: {alert.generator_url}")
+        link_block, links_cut = limits.truncate(limits.clean_text("\n".join(links)), _LINKS_MAX)
+        text = limits.clean_text(text)
+        separator = "\n\n" if text and link_block else ""
+        room = limits.DESCRIPTION_MAX - len(link_block) - len(separator)
+        text, text_cut = limits.truncate(text, room)
+        if links_cut or text_cut:
+            self.metrics.truncations.labels("description").inc()
+        return f"{text}{separator}{link_block}"
+
+    def labels(self, alert: Alert) -> dict[str, str]:
+        identity = [name for name in self.config.identity_labels if name in alert.labels]
+        rest = sorted(set(alert.labels) - set(identity))
+        preferred = [name for name in _PREFERRED_ANNOTATIONS if name in alert.annotations]
+        notes = sorted(set(alert.annotations) - set(preferred))
+        candidates = [(name, alert.labels[name]) for name in identity + rest]
+        candidates += [(name, alert.annotations[name]) for name in preferred + notes]
+        candidates = [(name, value) for name, value in candidates if value != ""]
+
+        # Keys that are already valid claim their names before any rewritten key does,
+        # so a real "service_name" label always keeps its name over "service.name".
+        keys: list[str | None] = [None] * len(candidates)
+        taken: set[str] = set()
+        for index, (name, _value) in enumerate(candidates):
+            if limits.LABEL_KEY.match(name) and len(name) <= limits.LABEL_KEY_MAX and name not in taken:
+                keys[index] = name
+                taken.add(name)
+        for index, (name, value) in enumerate(candidates):
+            if keys[index] is not None:
+                continue
+            if (
+                name in alert.labels
+                and name in alert.annotations
+                and alert.labels[name] == value
+                and index >= len(identity) + len(rest)
+            ):
+                continue  # an annotation repeating a label with the same value adds nothing
+            key = limits.sanitise_label_key(name)
+            reason = "sanitised" if key != name else "collision"
+            if len(name) > limits.LABEL_KEY_MAX and limits.LABEL_KEY.match(name):
+                self.metrics.truncations.labels("label_key").inc()
+            attempt = 0
+            while key in taken:
+                reason = "collision"
+                key = _suffixed(limits.sanitise_label_key(name), name, attempt)
+                attempt += 1
+            self.metrics.labels_renamed.labels(reason).inc()
+            keys[index] = key
+            taken.add(key)
+
+        out: dict[str, str] = {}
+        dropped = 0
+        for slot, (_, value) in zip(keys, candidates, strict=True):
+            if slot is None:
+                continue
+            if len(out) >= limits.LABELS_MAX:
+                dropped += 1
+                continue
+            out[slot] = self._limit("label_value", limits.clean_text(value), limits.LABEL_VALUE_MAX)
+        if dropped:
+            self.metrics.labels_dropped.labels("limit").inc(dropped)
+        return out

@@ -1,0 +1,123 @@
+"""Every metric the bridge exports, built against an injected registry.
+
+Production passes a fresh ``CollectorRegistry`` owned by the app (so tests and
+multiple apps in one process never share series). Label values come from closed
+sets; label combinations that matter at zero are created up front so that
+``rate()`` and absent-series alerts work from the first scrape.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from bridge import __version__
+
+PREFIX = "flashduty_bridge"
+
+SOURCES = ("alertmanager",)
+REQUEST_OUTCOMES = ("accepted", "invalid", "too_large", "unavailable")
+EVENT_STATUSES = ("Critical", "Warning", "Info", "Ok")
+ATTEMPT_OUTCOMES = ("ok", "retry", "give_up")
+TRUNCATED_FIELDS = ("title_rule", "description", "alert_key", "label_key", "label_value")
+LABEL_DROP_REASONS = ("limit",)
+LABEL_RENAME_REASONS = ("sanitised", "collision")
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class Metrics:
+    """The bridge's metrics; one instance per app, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        p = PREFIX
+        self.info = Info(f"{p}_build", "Version of the running bridge.", registry=registry)
+        self.info.info({"version": __version__})
+        self.dry_run = Gauge(f"{p}_dry_run", "1 when no integration key is set and nothing is sent.", registry=registry)
+        self.requests = Counter(
+            f"{p}_requests_total", "Webhook requests by source and outcome.", ["source", "outcome"], registry=registry
+        )
+        self.alerts = Counter(
+            f"{p}_alerts_received_total",
+            "Alerts in webhook requests by source and outcome (accepted = committed to the outbox).",
+            ["source", "outcome"],
+            registry=registry,
+        )
+        self.events = Counter(
+            f"{p}_events_total",
+            "Events committed to the outbox by source and status.",
+            ["source", "status"],
+            registry=registry,
+        )
+        self.attempts = Counter(
+            f"{p}_delivery_attempts_total",
+            "Delivery attempts by destination, outcome (ok, retry, give_up) and Flashduty error code.",
+            ["destination", "outcome", "code"],
+            registry=registry,
+        )
+        self.attempt_duration = Histogram(
+            f"{p}_delivery_attempt_duration_seconds",
+            "Duration of one request to the destination.",
+            ["destination"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.delivery_latency = Histogram(
+            f"{p}_delivery_latency_seconds",
+            "Time from acceptance (200 to the sender) to successful delivery, retries included.",
+            ["destination"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.outbox_depth = Gauge(f"{p}_outbox_pending", "Events waiting for delivery.", registry=registry)
+        self.outbox_oldest_age = Gauge(
+            f"{p}_outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending event (0 when empty).",
+            registry=registry,
+        )
+        self.dead_letters = Gauge(
+            f"{p}_dead_letters",
+            "Events parked as dead letters (rejected for good), kept for replay.",
+            registry=registry,
+        )
+        self.dead_lettered = Counter(
+            f"{p}_dead_lettered_total",
+            "Events that became dead letters, by destination and Flashduty error code.",
+            ["destination", "code"],
+            registry=registry,
+        )
+        self.truncations = Counter(
+            f"{p}_truncations_total",
+            "Values shortened to fit a Flashduty limit, by field.",
+            ["field"],
+            registry=registry,
+        )
+        self.labels_dropped = Counter(
+            f"{p}_labels_dropped_total", "Labels left out of an event, by reason.", ["reason"], registry=registry
+        )
+        self.labels_renamed = Counter(
+            f"{p}_label_keys_rewritten_total",
+            "Label keys rewritten to Flashduty's naming rules (sanitised) or to avoid a clash (collision).",
+            ["reason"],
+            registry=registry,
+        )
+        for source in SOURCES:
+            for outcome in REQUEST_OUTCOMES:
+                self.requests.labels(source, outcome)
+            for outcome in ("accepted", "unavailable"):
+                self.alerts.labels(source, outcome)
+            for status in EVENT_STATUSES:
+                self.events.labels(source, status)
+        for name in TRUNCATED_FIELDS:
+            self.truncations.labels(name)
+        for reason in LABEL_DROP_REASONS:
+            self.labels_dropped.labels(reason)
+        for reason in LABEL_RENAME_REASONS:
+            self.labels_renamed.labels(reason)
+
+    def init_destination(self, destination: str) -> None:
+        """Create the per-destination series at zero."""
+        for outcome in ATTEMPT_OUTCOMES:
+            self.attempts.labels(destination, outcome, "none")
+        self.attempt_duration.labels(destination)
+        self.delivery_latency.labels(destination)

@@ -1,0 +1,65 @@
+"""Sender-neutral types that flow through the bridge.
+
+``Alert`` is what every source parses into; ``Event`` is the Flashduty standard alert
+event that ``mapping`` makes of it and the outbox stores and delivers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+AlertStatus = Literal["firing", "resolved"]
+EventStatus = Literal["Critical", "Warning", "Info", "Ok"]
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert as a sender reported it, before any Flashduty limit is applied."""
+
+    source: str
+    status: AlertStatus
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    fingerprint: str
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    generator_url: str = ""
+
+    def __repr__(self) -> str:
+        name = self.labels.get("alertname", "?")
+        return f"Alert({self.source}, {self.status}, {name}, fingerprint={self.fingerprint})"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A contract-clean Flashduty standard alert event (all limits already applied)."""
+
+    alert_key: str
+    event_status: EventStatus
+    title_rule: str
+    description: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    event_time: int | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "title_rule": self.title_rule,
+            "event_status": self.event_status,
+            "alert_key": self.alert_key,
+        }
+        if self.description:
+            body["description"] = self.description
+        if self.labels:
+            body["labels"] = self.labels
+        if self.event_time is not None:
+            body["event_time"] = self.event_time
+        return body
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_body(), ensure_ascii=False, separators=(",", ":"))
+
+    def __repr__(self) -> str:
+        return f"Event({self.event_status}, key={self.alert_key}, title={self.title_rule[:60]!r})"
