@@ -1,0 +1,197 @@
+"""Flashduty's standard alert endpoint: one POST per event, classified by error code.
+
+This is the only module that knows httpx's exceptions. Every answer is classified by
+the envelope's ``error.code`` first (several permanent errors share HTTP 400, and a
+2xx may carry an ``error`` object), then by HTTP status.
+
+The integration key lives only in the query string of the request URL; every text
+this module produces passes through :func:`redact`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import time
+from typing import Any
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from bridge.destinations import Outcome, Reason, Verdict
+
+log = logging.getLogger("bridge.flashduty")
+
+#: Documented error codes (spec "Code" table); anything else is reported as "other".
+KNOWN_CODES = frozenset(
+    {
+        "InvalidParameter",
+        "InvalidContentType",
+        "MethodNotAllowed",
+        "Unauthorized",
+        "AccessDenied",
+        "RequestTooFrequently",
+        "RouteNotFound",
+        "ResourceNotFound",
+        "NoLicense",
+        "InternalError",
+    }
+)
+_CODE_REASONS = {
+    "RequestTooFrequently": (Verdict.RETRY, Reason.RATE_LIMITED),
+    "InternalError": (Verdict.RETRY, Reason.SERVER_ERROR),
+    "Unauthorized": (Verdict.GIVE_UP, Reason.AUTH),
+    "AccessDenied": (Verdict.GIVE_UP, Reason.AUTH),
+    "NoLicense": (Verdict.GIVE_UP, Reason.BILLING),
+    "ResourceNotFound": (Verdict.GIVE_UP, Reason.BILLING),
+}
+#: Flashduty's response body is tiny; never buffer more than this of a misbehaving proxy's.
+_MAX_RESPONSE_BYTES = 1024 * 1024
+_MAX_MESSAGE_CHARS = 500
+
+
+def with_integration_key(url: str, key: str) -> str:
+    """Set ``integration_key`` in ``url``'s query, keeping every other parameter as given."""
+    parts = urlsplit(url)
+    query = [
+        (name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True) if name != "integration_key"
+    ]
+    query.append(("integration_key", key))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def redact(text: str, secret: str) -> str:
+    """Remove ``secret`` in every form it can take in a URL or a message."""
+    if not secret:
+        return text
+    for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+        text = text.replace(form, "***")
+    return text
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _code_label(code: str) -> str:
+    return code if code in KNOWN_CODES else "other"
+
+
+class FlashdutyDestination:
+    """Sends events to one Flashduty integration through a shared ``httpx.AsyncClient``."""
+
+    def __init__(self, name: str, url: str, integration_key: str, client: httpx.AsyncClient, timeout: float) -> None:
+        self.name = name
+        self._url = with_integration_key(url, integration_key)
+        self._key = integration_key
+        self._client = client
+        self._timeout = timeout
+        self.display_url = redact(self._url, integration_key)
+
+    def __repr__(self) -> str:
+        return f"FlashdutyDestination({self.name}, {self.display_url})"
+
+    async def send(self, body: str) -> Outcome:
+        try:
+            async with self._client.stream(
+                "POST",
+                self._url,
+                content=body.encode(),
+                headers={"Content-Type": "application/json"},
+                timeout=self._timeout,
+            ) as response:
+                raw = b""
+                async for chunk in response.aiter_bytes():
+                    raw += chunk
+                    if len(raw) > _MAX_RESPONSE_BYTES:
+                        break
+        except httpx.TimeoutException as exc:
+            return Outcome(Verdict.RETRY, Reason.TIMEOUT, "timeout", self._describe(exc))
+        except httpx.TransportError as exc:
+            return Outcome(Verdict.RETRY, Reason.NETWORK, "network", self._describe(exc))
+        except httpx.HTTPError as exc:  # invalid URL and friends: retrying cannot help
+            return Outcome(Verdict.GIVE_UP, Reason.REJECTED, "client", self._describe(exc))
+        return self.classify(response.status_code, raw, response.headers.get("Retry-After"))
+
+    def _describe(self, exc: Exception) -> str:
+        return redact(f"{type(exc).__name__}: {exc}", self._key)[:_MAX_MESSAGE_CHARS]
+
+    def classify(self, status: int, raw: bytes, retry_after_header: str | None) -> Outcome:
+        """Turn one HTTP answer into an :class:`Outcome` (public for tests)."""
+        retry_after = _retry_after(retry_after_header)
+        envelope: Any = None
+        if raw.strip():
+            try:
+                envelope = json.loads(raw)
+            except ValueError:
+                envelope = None
+        request_id = None
+        error: dict[str, Any] | None = None
+        if isinstance(envelope, dict):
+            request_id = envelope.get("request_id") if isinstance(envelope.get("request_id"), str) else None
+            if isinstance(envelope.get("error"), dict):
+                error = envelope["error"]
+
+        if error is not None:
+            code = str(error.get("code") or "unknown")
+            message = redact(str(error.get("message") or ""), self._key)[:_MAX_MESSAGE_CHARS]
+            verdict, reason = _CODE_REASONS.get(code, (Verdict.GIVE_UP, Reason.REJECTED))
+            if code not in _CODE_REASONS and (status == 429 or status >= 500):
+                # An unknown code on a transient status: trust the status.
+                verdict, reason = Verdict.RETRY, (Reason.RATE_LIMITED if status == 429 else Reason.SERVER_ERROR)
+            return Outcome(verdict, reason, _code_label(code), message, request_id, status, retry_after)
+
+        snippet = redact(raw[:200].decode(errors="replace"), self._key)
+        if 200 <= status < 300:
+            if not raw.strip() or isinstance(envelope, dict):
+                return Outcome(Verdict.OK, Reason.DELIVERED, "none", "", request_id, status)
+            return Outcome(
+                Verdict.GIVE_UP, Reason.BAD_RESPONSE, "bad_response", f"HTTP {status}: {snippet}", None, status
+            )
+        if status == 429:
+            return Outcome(
+                Verdict.RETRY, Reason.RATE_LIMITED, "http_429", f"HTTP 429: {snippet}", request_id, status, retry_after
+            )
+        if status >= 500 or status == 408:
+            return Outcome(
+                Verdict.RETRY,
+                Reason.SERVER_ERROR,
+                f"http_{status // 100}xx",
+                f"HTTP {status}: {snippet}",
+                request_id,
+                status,
+                retry_after,
+            )
+        reason = Reason.AUTH if status in (401, 403) else Reason.REJECTED
+        return Outcome(
+            Verdict.GIVE_UP, reason, f"http_{status // 100}xx", f"HTTP {status}: {snippet}", request_id, status
+        )
+
+
+class DryRunDestination:
+    """No integration key: log each event and keep the latest ones for ``GET /-/dry-run``."""
+
+    def __init__(self, name: str, keep: int = 1000) -> None:
+        self.name = name
+        self.keep = keep
+        self.sent: list[dict[str, Any]] = []
+
+    def __repr__(self) -> str:
+        return f"DryRunDestination({self.name})"
+
+    async def send(self, body: str) -> Outcome:
+        event = json.loads(body)
+        self.sent.append(event)
+        del self.sent[: -self.keep]
+        log.info("dry-run: would send %s", body)
+        return Outcome(Verdict.OK, Reason.DELIVERED, "none", "dry run")
