@@ -1,0 +1,110 @@
+"""Command line: ``flashduty-bridge serve | check-config | emulate``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from bridge import __version__, config, logs
+
+log = logging.getLogger("bridge")
+
+
+def _load(path: str | None) -> config.Config:
+    try:
+        return config.load(Path(path) if path else None)
+    except config.ConfigError as exc:
+        print(f"error: invalid configuration {exc.source}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _storage_problem(path: Path) -> str | None:
+    """Check the outbox directory up front, so a bad path is one clear line, not a traceback."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "not writable"
+    return None
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from bridge.app import create_app
+
+    cfg = _load(args.config)
+    if args.listen:
+        try:
+            config.split_listen(args.listen)
+        except ValueError as exc:
+            print(f"error: --listen {exc}", file=sys.stderr)
+            return 2
+        cfg = cfg.model_copy(update={"listen": args.listen})
+    problem = _storage_problem(cfg.storage.path)
+    if problem:
+        print(f"error: storage.path {cfg.storage.path}: {problem}", file=sys.stderr)
+        return 2
+    logs.setup(cfg.log_level, secrets=[cfg.flashduty.integration_key.get_secret_value()])
+    for name in cfg.unset_variables:
+        log.warning("environment variable %s is not set; it expanded to an empty string", name)
+    host, port = config.split_listen(cfg.listen)
+    log.info("flashduty-bridge %s listening on %s", __version__, cfg.listen)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(cfg),
+            host=host,
+            port=port,
+            log_config=None,  # keep our handler (and its redaction)
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=30,
+        )
+    )
+    # uvicorn re-raises the signal it shut down on, which would end the process with
+    # -SIGTERM. A graceful stop is a success: take the re-raised signal and exit 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    server.run()
+    if not server.started:
+        return 1
+    log.info("shut down cleanly")
+    return 0
+
+
+def check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    for name in cfg.unset_variables:
+        print(f"warning: environment variable {name} is not set; it expands to an empty string", file=sys.stderr)
+    mode = "dry run (no integration key)" if cfg.flashduty.dry_run else "delivering to Flashduty"
+    print(f"{args.config}: OK ({mode}; outbox in {cfg.storage.path})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["emulate"]:
+        from bridge import emulate
+
+        return emulate.main(argv[1:])
+    parser = argparse.ArgumentParser(prog="flashduty-bridge", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="run the bridge")
+    run.add_argument("--config", help="YAML config file (optional: FLASHDUTY_INTEGRATION_KEY alone is enough)")
+    run.add_argument("--listen", help="HOST:PORT, overrides the config's listen")
+    run.set_defaults(func=serve)
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", required=True)
+    check.set_defaults(func=check_config)
+    commands.add_parser("emulate", help="run a Flashduty-compatible receiver (see emulate --help)")
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
