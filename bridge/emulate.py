@@ -1,0 +1,476 @@
+"""A strict, local Flashduty Standard Alert API receiver for tests and offline trials.
+
+Written from the published contract (``POST /event/push/alert/standard?integration_key=...``, see
+``/work/shared/spec/flashduty-standard-alert-api.txt``) plus the research notes on ``images``,
+``event_time`` and the per-integration rate limit (100/s and 1000/min). It listens on loopback only
+by default and never makes outbound connections.
+
+Its purpose is to *catch* a client that breaks the contract, so it is stricter than the real service:
+
+* over-long ``title_rule`` (512), ``description`` (2048), label values (2048), image ``alt`` (128) and
+  ``href`` (256) are rejected with ``InvalidParameter``; the real service truncates them. An image
+  ``src`` over 256 characters is rejected; the real service drops the image;
+* unknown top-level or image fields, ``null`` for optional fields and duplicate JSON keys are rejected;
+* an empty ``alert_key`` is rejected (omit it to get a generated one);
+* label keys that break Prometheus naming or exceed 128 characters, and a 51st label, are rejected
+  (the real behaviour is undocumented);
+* ``event_time`` must be a non-negative integer of Unix seconds (not a float, string or milliseconds);
+* the ``charset`` of ``application/json`` must be UTF-8 and a repeated ``integration_key`` is refused.
+
+``--lenient`` (``strict=False``) behaves like the documented service: it truncates the long texts,
+drops images with a long ``src``, treats ``null`` optional fields as absent and ignores unknown fields.
+
+Control endpoints under ``/-/`` (not Flashduty): ``GET|DELETE /-/events``, ``GET /-/requests``,
+``GET|PUT|DELETE /-/faults`` (scripted failures) and ``GET /-/healthy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import ipaddress
+import json
+import logging
+import math
+import re
+import secrets
+import string
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+logger = logging.getLogger("bridge.emulate")
+
+PUSH_PATH = "/event/push/alert/standard"
+STATUS_BY_CODE = {
+    "InvalidParameter": 400,
+    "InvalidContentType": 400,
+    "MethodNotAllowed": 400,
+    "Unauthorized": 401,
+    "AccessDenied": 403,
+    "RequestTooFrequently": 429,
+    "RouteNotFound": 404,
+    "ResourceNotFound": 400,
+    "NoLicense": 400,
+    "InternalError": 500,
+}
+EVENT_STATUSES = ("Critical", "Warning", "Info", "Ok")
+FIELDS = frozenset({"title_rule", "event_status", "alert_key", "description", "labels", "images", "event_time"})
+IMAGE_FIELDS = frozenset({"alt", "src", "href"})
+LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+TITLE_MAX, DESCRIPTION_MAX, LABEL_VALUE_MAX, LABEL_KEY_MAX, LABELS_MAX, ALERT_KEY_MAX = 512, 2048, 2048, 128, 50, 255
+IMAGE_ALT_MAX, IMAGE_SRC_MAX, IMAGE_HREF_MAX = 128, 256, 256
+EVENT_TIME_MAX = 10_000_000_000  # larger values are almost certainly milliseconds
+ALERT_KEY_ALPHABET = string.ascii_letters + string.digits
+
+
+@dataclass(frozen=True)
+class EmulatorSettings:
+    per_second: int = 100  # requests/s allowed per integration_key, else 429 RequestTooFrequently
+    per_minute: int = 1000  # requests/min allowed per integration_key, else 429
+    valid_keys: frozenset[str] | None = None  # None: any non-empty key is valid; else only these
+    strict: bool = True  # reject what the real service would truncate, drop or ignore
+
+
+class FaultItem(BaseModel):
+    """One scripted answer, consumed by the next push request before any validation."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    status: int | None = Field(default=None, ge=200, le=599)  # default: the spec's status for ``code``
+    code: str | None = None
+    message: str = "injected fault"
+    retry_after: int | None = Field(default=None, ge=0)
+    delay_ms: int = Field(default=0, ge=0, le=120_000)
+    body: str | None = None
+    content_type: str | None = None
+
+    @model_validator(mode="after")
+    def _code_or_body(self) -> Self:
+        if self.code is None and self.body is None:
+            raise ValueError("give code (for an error envelope) or body (sent raw)")
+        if self.status is None:
+            if self.code not in STATUS_BY_CODE:
+                raise ValueError(f"status is required unless code is one of {', '.join(STATUS_BY_CODE)}")
+            self.status = STATUS_BY_CODE[self.code]
+        return self
+
+
+class FaultScript(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    script: list[FaultItem]
+
+
+class _Reject(Exception):
+    def __init__(self, code: str, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.retry_after = code, message, retry_after
+
+
+def _bad(message: str) -> _Reject:
+    return _Reject("InvalidParameter", message)
+
+
+def _jtype(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _mask(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:8] if key else "-"
+
+
+def _new_alert_key() -> str:
+    return "".join(secrets.choice(ALERT_KEY_ALPHABET) for _ in range(22))
+
+
+def _string(fields: dict[str, Any], name: str, *, required: bool = False, where: str = "") -> str | None:
+    if name not in fields:
+        if required:
+            raise _bad(f"{where}{name}: required")
+        return None
+    value = fields[name]
+    if not isinstance(value, str):
+        raise _bad(f"{where}{name}: must be a string, got {_jtype(value)}")
+    return value
+
+
+def _limit(name: str, value: str, limit: int, strict: bool) -> str:
+    """Enforce a length limit in code points: reject when strict, truncate like Flashduty otherwise."""
+    if len(value) <= limit:
+        return value
+    if strict:
+        raise _bad(f"{name}: {len(value)} characters, limit is {limit}")
+    return value[:limit]
+
+
+def _parse_body(raw: bytes, strict: bool) -> dict[str, Any]:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in items:
+            if strict and key in obj:
+                raise ValueError(f'duplicate key "{key}"')
+            obj[key] = value
+        return obj
+
+    def constant(name: str) -> None:
+        raise ValueError(f"{name} is not valid JSON")
+
+    if not raw.strip():
+        raise _bad("body: empty, expected a JSON object")
+    try:
+        body = json.loads(raw.decode("utf-8"), object_pairs_hook=pairs, parse_constant=constant)
+    except UnicodeDecodeError as exc:
+        raise _bad(f"body: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except ValueError as exc:
+        raise _bad(f"body: invalid JSON: {exc}") from None
+    except RecursionError:
+        raise _bad("body: invalid JSON: nested too deeply") from None
+    if not isinstance(body, dict):
+        raise _bad(f"body: must be a JSON object, got {_jtype(body)}")
+    return body
+
+
+def _validate_images(value: object, strict: bool) -> list[dict[str, str]]:
+    if not isinstance(value, list):
+        raise _bad(f"images: must be an array, got {_jtype(value)}")
+    images: list[dict[str, str]] = []
+    for i, item in enumerate(value):
+        where = f"images[{i}]"
+        if not isinstance(item, dict):
+            raise _bad(f"{where}: must be an object, got {_jtype(item)}")
+        if strict and (unknown := sorted(set(item) - IMAGE_FIELDS)):
+            raise _bad(f'{where}: unknown field "{unknown[0]}" (allowed: alt, href, src)')
+        item = {k: v for k, v in item.items() if k in IMAGE_FIELDS and (strict or v is not None)}
+        src = _string(item, "src", required=True, where=f"{where}.")
+        assert src is not None
+        if len(src) > IMAGE_SRC_MAX:
+            if strict:
+                raise _bad(f"{where}.src: {len(src)} characters, limit is {IMAGE_SRC_MAX} (Flashduty drops the image)")
+            continue
+        image = {"src": src}
+        for name, limit in (("alt", IMAGE_ALT_MAX), ("href", IMAGE_HREF_MAX)):
+            text = _string(item, name, where=f"{where}.")
+            if text is not None:
+                image[name] = _limit(f"{where}.{name}", text, limit, strict)
+        images.append(image)
+    return images
+
+
+def _validate_labels(value: object, strict: bool) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _bad(f"labels: must be an object, got {_jtype(value)}")
+    if len(value) > LABELS_MAX:
+        raise _bad(f"labels: {len(value)} labels, limit is {LABELS_MAX}")
+    labels: dict[str, str] = {}
+    for key, text in value.items():
+        if not LABEL_KEY.fullmatch(key):
+            raise _bad(f'labels: key "{key}" does not match [a-zA-Z_][a-zA-Z0-9_]*')
+        if len(key) > LABEL_KEY_MAX:
+            raise _bad(f'labels: key "{key[:20]}…" is {len(key)} characters, limit is {LABEL_KEY_MAX}')
+        if not isinstance(text, str):
+            raise _bad(f"labels.{key}: value must be a string, got {_jtype(text)}")
+        labels[key] = _limit(f"labels.{key}", text, LABEL_VALUE_MAX, strict)
+    return labels
+
+
+def validate_event(body: dict[str, Any], strict: bool) -> tuple[dict[str, Any], str | None]:
+    """Check one event against the contract; return the event as kept and the alert_key if given."""
+    if strict and (unknown := sorted(set(body) - FIELDS)):
+        raise _bad(f'unknown field "{unknown[0]}" (strict mode; allowed: {", ".join(sorted(FIELDS))})')
+    fields = {k: v for k, v in body.items() if k in FIELDS and (strict or v is not None)}
+    title = _string(fields, "title_rule", required=True)
+    assert title is not None
+    if not title.strip():
+        raise _bad("title_rule: must not be empty")
+    status = _string(fields, "event_status", required=True)
+    if status not in EVENT_STATUSES:
+        raise _bad(f'event_status: "{status}" is not one of {", ".join(EVENT_STATUSES)} (case-sensitive)')
+    event: dict[str, Any] = {"title_rule": _limit("title_rule", title, TITLE_MAX, strict), "event_status": status}
+    alert_key = _string(fields, "alert_key")
+    if alert_key is not None and len(alert_key) > ALERT_KEY_MAX:
+        raise _bad(f"alert_key: {len(alert_key)} characters, limit is {ALERT_KEY_MAX}")
+    if not alert_key:
+        if status == "Ok":
+            raise _bad("alert_key: required when event_status is Ok")
+        if strict and alert_key == "":
+            raise _bad("alert_key: must not be empty (omit it to get a generated one)")
+        alert_key = None
+    description = _string(fields, "description")
+    if description is not None:
+        event["description"] = _limit("description", description, DESCRIPTION_MAX, strict)
+    if "labels" in fields:
+        event["labels"] = _validate_labels(fields["labels"], strict)
+    if "images" in fields:
+        event["images"] = _validate_images(fields["images"], strict)
+    if "event_time" in fields:
+        ts = fields["event_time"]
+        if isinstance(ts, bool) or not isinstance(ts, int):
+            raise _bad(f"event_time: must be an integer of Unix seconds, got {_jtype(ts)}")
+        if ts < 0:
+            raise _bad(f"event_time: {ts} is negative")
+        if ts > EVENT_TIME_MAX:
+            raise _bad(f"event_time: {ts} looks like milliseconds, send Unix seconds")
+        event["event_time"] = ts
+    return event, alert_key
+
+
+@dataclass
+class _State:
+    settings: EmulatorSettings
+    events: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    windows: dict[str, deque[float]] = field(default_factory=dict)
+    faults: deque[FaultItem] = field(default_factory=deque)
+
+    def admit(self, key: str, now: float) -> int | None:
+        """Sliding windows of 1 s and 60 s; return None if admitted, else seconds until a slot frees."""
+        window = self.windows.setdefault(key, deque())
+        while window and window[0] <= now - 60:
+            window.popleft()
+        waits = []
+        if len(window) >= self.settings.per_minute:
+            waits.append(window[-self.settings.per_minute] + 60 - now)
+        if len(window) >= self.settings.per_second and window[-self.settings.per_second] > now - 1:
+            waits.append(window[-self.settings.per_second] + 1 - now)
+        if waits:
+            return max(1, math.ceil(max(waits)))
+        window.append(now)
+        return None
+
+    def record(
+        self, key: str, status: int, code: str | None, message: str | None, alert_key: str | None
+    ) -> dict[str, Any]:
+        entry = dict(status=status, code=code, message=message, alert_key=alert_key, integration_key=key)
+        self.requests.append({"seq": len(self.requests) + 1, **entry, "fault": False})
+        return self.requests[-1]
+
+
+def _envelope(request_id: str, status: int, code: str, message: str, retry_after: int | None = None) -> Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    body = {"request_id": request_id, "error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(
+    settings: EmulatorSettings = EmulatorSettings(), *, clock: Callable[[], float] = time.monotonic
+) -> Starlette:
+    """Build the ASGI app; ``clock`` (monotonic seconds) drives the rate-limit windows."""
+    state = _State(settings)
+
+    async def fault(request_id: str, key: str, item: FaultItem) -> Response:
+        status = item.status if item.status is not None else 500  # always set by FaultItem's validator
+        state.record(key, status, item.code, item.message if item.body is None else None, None)["fault"] = True
+        logger.info("push fault %s %s key=%s request_id=%s", status, item.code, _mask(key), request_id)
+        if item.delay_ms:
+            await asyncio.sleep(item.delay_ms / 1000)
+        if item.body is None:
+            assert item.code is not None
+            return _envelope(request_id, status, item.code, item.message, item.retry_after)
+        headers = {"Retry-After": str(item.retry_after)} if item.retry_after is not None else None
+        html = item.body.lstrip().startswith("<")
+        media = item.content_type or ("text/html; charset=utf-8" if html else "text/plain; charset=utf-8")
+        return Response(item.body, status_code=status, headers=headers, media_type=media)
+
+    async def push(request: Request) -> Response:
+        request_id = uuid.uuid4().hex
+        keys = request.query_params.getlist("integration_key")
+        key = keys[0] if keys else ""
+        if state.faults:
+            return await fault(request_id, key, state.faults.popleft())
+        try:
+            if request.method != "POST":
+                raise _Reject("MethodNotAllowed", f"method {request.method} is not allowed on {PUSH_PATH}, use POST")
+            if len(keys) > 1:
+                raise _bad(f"integration_key: given {len(keys)} times, expected once")
+            if not key or (settings.valid_keys is not None and key not in settings.valid_keys):
+                raise _bad("integration_key is not a valid one")
+            if (wait := state.admit(key, clock())) is not None:
+                raise _Reject(
+                    "RequestTooFrequently",
+                    f"rate limit of {settings.per_second}/s and {settings.per_minute}/min per integration exceeded",
+                    retry_after=wait,
+                )
+            content_type = request.headers.get("content-type", "")
+            media, *params = (part.strip().lower() for part in content_type.split(";"))
+            if media != "application/json":
+                raise _Reject(
+                    "InvalidContentType", f'Content-Type "{content_type}" is not supported, use application/json'
+                )
+            charset = next((p.split("=", 1)[1].strip('"') for p in params if p.startswith("charset=")), "utf-8")
+            if charset not in ("utf-8", "utf8"):
+                raise _Reject("InvalidContentType", f'charset "{charset}" is not supported, JSON must be UTF-8')
+            body = _parse_body(await request.body(), settings.strict)
+            event, alert_key = validate_event(body, settings.strict)
+        except _Reject as exc:
+            status = STATUS_BY_CODE[exc.code]
+            state.record(key, status, exc.code, exc.message, None)
+            logger.info("push %s %s key=%s request_id=%s: %s", status, exc.code, _mask(key), request_id, exc.message)
+            return _envelope(request_id, status, exc.code, exc.message, exc.retry_after)
+        alert_key = alert_key if alert_key is not None else _new_alert_key()
+        entry = dict(integration_key=key, alert_key=alert_key, body=body, effective=event, received_at=time.time())
+        state.events.append({"seq": len(state.events) + 1, **entry})
+        state.record(key, 200, None, None, alert_key)
+        logger.info("push 200 key=%s alert_key=%s request_id=%s", _mask(key), alert_key, request_id)
+        return JSONResponse({"request_id": request_id, "data": {"alert_key": alert_key}})
+
+    async def events(request: Request) -> Response:
+        if request.method == "DELETE":
+            state.events.clear()
+            state.requests.clear()
+            state.windows.clear()
+            state.faults.clear()
+            return JSONResponse({"events": []})
+        since_text = request.query_params.get("since", "0")
+        if not (since_text.isascii() and since_text.isdigit()):
+            return _envelope(uuid.uuid4().hex, 400, "InvalidParameter", f'since: "{since_text}" is not a seq number')
+        since, key = int(since_text), request.query_params.get("integration_key")
+        found = [e for e in state.events if e["seq"] > since and key in (None, e["integration_key"])]
+        return JSONResponse({"events": found})
+
+    async def requests(_: Request) -> Response:
+        return JSONResponse({"requests": state.requests})
+
+    async def faults(request: Request) -> Response:
+        if request.method == "PUT":
+            try:
+                script = FaultScript.model_validate_json(await request.body())
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
+                )
+                return _envelope(uuid.uuid4().hex, 400, "InvalidParameter", f"fault script: {problems}")
+            state.faults = deque(script.script)
+        elif request.method == "DELETE":
+            state.faults.clear()
+        return JSONResponse({"script": [item.model_dump() for item in state.faults]})
+
+    async def healthy(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def not_found(request: Request) -> Response:
+        return _envelope(uuid.uuid4().hex, 404, "RouteNotFound", f"no route for {request.method} {request.url.path}")
+
+    all_methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
+    app = Starlette(
+        routes=[
+            Route(PUSH_PATH, push, methods=all_methods),
+            Route("/-/events", events, methods=["GET", "DELETE"]),
+            Route("/-/requests", requests, methods=["GET"]),
+            Route("/-/faults", faults, methods=["GET", "PUT", "DELETE"]),
+            Route("/-/healthy", healthy, methods=["GET"]),
+            Route("/{path:path}", not_found, methods=all_methods),
+        ]
+    )
+    return app
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``flashduty-bridge emulate``: run the emulator with uvicorn until SIGINT/SIGTERM."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="flashduty-bridge emulate", description="Strict local Flashduty receiver.")
+    parser.add_argument("--listen", type=_listen, default=("127.0.0.1", 9096), metavar="HOST:PORT")
+    parser.add_argument("--per-second", type=_positive, default=EmulatorSettings.per_second)
+    parser.add_argument("--per-minute", type=_positive, default=EmulatorSettings.per_minute)
+    parser.add_argument("--keys", default=None, metavar="K1,K2", help="accepted integration keys (default: any)")
+    parser.add_argument("--lenient", action="store_true", help="truncate and ignore like the real service")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    keys = None if args.keys is None else frozenset(k.strip() for k in args.keys.split(",") if k.strip())
+    if keys is not None and not keys:
+        parser.print_usage()
+        print("error: --keys needs at least one non-empty key")
+        return 2
+    host, port = args.listen
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        if not ipaddress.ip_address(host).is_loopback:
+            logger.warning("listening on %s, not loopback: /-/events shows integration keys to anyone", host)
+    except ValueError:
+        if host != "localhost":
+            logger.warning("listening on %s, not loopback: /-/events shows integration keys to anyone", host)
+    settings = EmulatorSettings(args.per_second, args.per_minute, keys, strict=not args.lenient)
+    logger.info("emulator on http://%s:%d%s (strict=%s)", host, port, PUSH_PATH, settings.strict)
+    try:  # access_log=False: uvicorn's access log would print the integration_key from the query string
+        uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_level="info")
+    except SystemExit as exc:  # uvicorn exits when it cannot bind
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
