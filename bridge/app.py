@@ -32,6 +32,7 @@ from bridge import __version__
 from bridge.config import Config
 from bridge.destinations import Destination
 from bridge.destinations.flashduty import DryRunDestination, FlashdutyDestination
+from bridge.limits import clean_text
 from bridge.mapping import Mapper
 from bridge.metrics import Metrics
 from bridge.outbox import NewEvent, OutboxUnavailable, SqliteOutbox
@@ -80,9 +81,23 @@ async def read_json(request: Request, limit: int) -> Any:
         raise InvalidPayload(f"{name} is not valid JSON")
 
     try:
-        return json.loads(text, parse_constant=reject_constant)
+        body = json.loads(text, parse_constant=reject_constant)
     except json.JSONDecodeError as exc:
         raise InvalidPayload(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if "\\u" in text:  # only escapes can smuggle in a lone surrogate
+        body = _without_lone_surrogates(body)
+    return body
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """Replace lone surrogates with U+FFFD everywhere, as Go's JSON decoder does in Alertmanager."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {clean_text(key): _without_lone_surrogates(item) for key, item in value.items()}
+    return value
 
 
 @dataclass

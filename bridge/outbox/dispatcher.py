@@ -36,9 +36,13 @@ IDLE_POLL_SECONDS = 1.0
 
 
 def backoff_delay(attempt: int, config: DeliveryConfig, rand: Callable[[], float] = random.random) -> float:
-    """Delay before retry number ``attempt`` (1-based): ``initial·2^(n-1)`` capped, with ±25% jitter."""
+    """Delay before retry number ``attempt`` (1-based): ``min(max, initial·2^(n-1))``, up to 25% earlier.
+
+    The jitter only shortens the delay, so ``backoff_max`` is a true upper bound and
+    events that reached the cap still spread out instead of retrying in lockstep.
+    """
     base: float = min(config.backoff_max, config.backoff_initial * 2.0 ** min(attempt - 1, 32))
-    return base * (0.75 + 0.5 * rand())
+    return base * (0.75 + 0.25 * rand())
 
 
 class Dispatcher:

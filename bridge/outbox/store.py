@@ -152,7 +152,22 @@ class SqliteOutbox:
             os.close(fd)
             raise OutboxUnavailable(f"{self.path} is in use by another bridge process") from None
         self._lock_fd = fd
+        try:
+            self._db = self._connect()
+        except BaseException:
+            self._close()
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._prepare(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
@@ -165,7 +180,6 @@ class SqliteOutbox:
         # Leases belong to workers of a previous process, which is gone (we hold the lock).
         db.execute("UPDATE events SET lease_until = 0 WHERE lease_until > 0")
         self._pending = db.execute("SELECT COUNT(*) FROM events WHERE state = 'pending'").fetchone()[0]
-        self._db = db
 
     async def close(self) -> None:
         await self._run(self._close)
