@@ -1,0 +1,1 @@
+"""Helpers that start and stop the real processes the tests talk to."""

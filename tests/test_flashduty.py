@@ -1,0 +1,97 @@
+"""The Flashduty destination: URL handling, redaction and the classification of every answer."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from bridge.destinations import Reason, Verdict
+from bridge.destinations.flashduty import FlashdutyDestination, redact, with_integration_key
+from tests.support.procs import free_port
+
+KEY = "k3y/with+odd=chars&more"
+
+
+def destination(url: str = "http://127.0.0.1:1/event/push/alert/standard") -> FlashdutyDestination:
+    return FlashdutyDestination("default", url, KEY, httpx.AsyncClient(), timeout=2.0)
+
+
+def test_integration_key_is_set_and_other_query_parameters_kept() -> None:
+    """Only integration_key is set or replaced; dynamic-assignment parameters survive as given."""
+    url = with_integration_key(
+        "https://h/event/push/alert/standard?layer_person_reset_1_emails=a%40b.c&integration_key=old", KEY
+    )
+    assert url.startswith("https://h/event/push/alert/standard?layer_person_reset_1_emails=a%40b.c&integration_key=")
+    assert "old" not in url
+    assert httpx.URL(url).params["integration_key"] == KEY
+
+
+def test_redact_removes_raw_and_url_encoded_forms() -> None:
+    """The key disappears whether it appears raw, percent-encoded or plus-encoded."""
+    url = with_integration_key("https://h/p", KEY)
+    assert KEY not in redact(f"{url} {KEY}", KEY)
+    assert "k3y" not in redact(f"{url} {KEY}", KEY)
+    assert destination().display_url.endswith("integration_key=***")
+
+
+def ok(status: int, body: bytes, retry_after: str | None = None) -> tuple[Verdict, Reason, str]:
+    outcome = destination().classify(status, body, retry_after)
+    return outcome.verdict, outcome.reason, outcome.code
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (200, b'{"request_id": "r", "data": {"alert_key": "k"}}', (Verdict.OK, Reason.DELIVERED, "none")),
+        (200, b"", (Verdict.OK, Reason.DELIVERED, "none")),
+        (200, b'{"request_id": "r", "error": {"code": "NoLicense"}}', (Verdict.GIVE_UP, Reason.BILLING, "NoLicense")),
+        (200, b"<html>login</html>", (Verdict.GIVE_UP, Reason.BAD_RESPONSE, "bad_response")),
+        (400, b'{"error": {"code": "InvalidParameter"}}', (Verdict.GIVE_UP, Reason.REJECTED, "InvalidParameter")),
+        (400, b'{"error": {"code": "ResourceNotFound"}}', (Verdict.GIVE_UP, Reason.BILLING, "ResourceNotFound")),
+        (400, b'{"error": {"code": "MethodNotAllowed"}}', (Verdict.GIVE_UP, Reason.REJECTED, "MethodNotAllowed")),
+        (401, b'{"error": {"code": "Unauthorized"}}', (Verdict.GIVE_UP, Reason.AUTH, "Unauthorized")),
+        (403, b'{"error": {"code": "AccessDenied"}}', (Verdict.GIVE_UP, Reason.AUTH, "AccessDenied")),
+        (404, b'{"error": {"code": "RouteNotFound"}}', (Verdict.GIVE_UP, Reason.REJECTED, "RouteNotFound")),
+        (
+            429,
+            b'{"error": {"code": "RequestTooFrequently"}}',
+            (Verdict.RETRY, Reason.RATE_LIMITED, "RequestTooFrequently"),
+        ),
+        (500, b'{"error": {"code": "InternalError"}}', (Verdict.RETRY, Reason.SERVER_ERROR, "InternalError")),
+        (503, b'{"error": {"code": "SomethingNew"}}', (Verdict.RETRY, Reason.SERVER_ERROR, "other")),
+        (400, b'{"error": {"code": "SomethingNew"}}', (Verdict.GIVE_UP, Reason.REJECTED, "other")),
+        (502, b"<html>bad gateway</html>", (Verdict.RETRY, Reason.SERVER_ERROR, "http_5xx")),
+        (429, b"slow down", (Verdict.RETRY, Reason.RATE_LIMITED, "http_429")),
+        (401, b"", (Verdict.GIVE_UP, Reason.AUTH, "http_4xx")),
+        (413, b"too big", (Verdict.GIVE_UP, Reason.REJECTED, "http_4xx")),
+    ],
+)
+def test_answers_are_classified_by_error_code_first(
+    status: int, body: bytes, expected: tuple[Verdict, Reason, str]
+) -> None:
+    """Several permanent errors share 400, and a 2xx may carry an error: the code decides."""
+    assert ok(status, body) == expected
+
+
+def test_retry_after_seconds_and_http_date_are_read() -> None:
+    """Retry-After as delta-seconds or as an HTTP date becomes seconds to wait."""
+    assert destination().classify(429, b"", "7").retry_after == 7.0
+    assert destination().classify(429, b"", "Wed, 21 Oct 2015 07:28:00 GMT").retry_after == 0.0
+    assert destination().classify(429, b"", "soon").retry_after is None
+
+
+def test_request_id_and_message_are_kept_and_key_redacted() -> None:
+    """The request_id for support and the message are kept; an echoed key is masked."""
+    outcome = destination().classify(
+        400, f'{{"request_id": "abc", "error": {{"code": "InvalidParameter", "message": "bad {KEY}"}}}}'.encode(), None
+    )
+    assert outcome.request_id == "abc"
+    assert outcome.message == "bad ***"
+
+
+async def test_connection_refused_is_a_retryable_network_error() -> None:
+    """Nothing listening on the port: retry, reason network, and no key in the message."""
+    target = destination(f"http://127.0.0.1:{free_port()}/event/push/alert/standard")
+    outcome = await target.send('{"title_rule": "x", "event_status": "Info"}')
+    assert (outcome.verdict, outcome.reason) == (Verdict.RETRY, Reason.NETWORK)
+    assert KEY not in outcome.message

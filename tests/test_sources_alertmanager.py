@@ -1,0 +1,98 @@
+"""Parsing Alertmanager v4 webhooks: fingerprints, timestamps, and precise rejections."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from bridge.sources import InvalidPayload
+from bridge.sources.alertmanager import fingerprint, parse
+from tests.conftest import payload
+
+AM_FIXTURES = [
+    "alertmanager-firing-grouped.json",
+    "alertmanager-resolved.json",
+    "alertmanager-0.25-firing.json",
+    "alertmanager-0.25-resolved.json",
+]
+
+
+@pytest.mark.parametrize("name", AM_FIXTURES)
+def test_fingerprint_matches_what_real_alertmanagers_sent(name: str) -> None:
+    """Recomputing Alertmanager's FNV-1a fingerprint from the labels gives the captured value."""
+    for alert in payload(name)["alerts"]:
+        assert fingerprint(alert["labels"]) == alert["fingerprint"]
+
+
+def test_fingerprint_of_known_values() -> None:
+    """Reference values from prometheus/common and grafana/alerting tests."""
+    assert fingerprint({}) == "cbf29ce484222325"
+    assert fingerprint({"alertname": "alert1", "lbl1": "val1"}) == "fac0861a85de433a"
+
+
+def test_missing_or_empty_fingerprint_is_computed() -> None:
+    """Alertmanager < 0.19 sends no fingerprint; the parser fills in the one a newer version would send."""
+    body = copy.deepcopy(payload("alertmanager-0.25-firing.json"))
+    expected = [a["fingerprint"] for a in body["alerts"]]
+    del body["alerts"][0]["fingerprint"]
+    body["alerts"][1]["fingerprint"] = ""
+    assert [a.fingerprint for a in parse(body)] == expected
+
+
+def test_zero_ends_at_means_not_set_and_offsets_and_nanoseconds_parse() -> None:
+    """Go's zero time becomes None; 9 fractional digits and +08:00 offsets keep the instant."""
+    body = copy.deepcopy(payload("alertmanager-0.25-firing.json"))
+    body["alerts"][0]["startsAt"] = "2021-03-30T20:17:50.814674209+08:00"
+    (first, second) = parse(body)
+    assert first.ends_at is None
+    assert first.starts_at == datetime(2021, 3, 30, 20, 17, 50, 814674, tzinfo=timezone(timedelta(hours=8)))
+    assert second.starts_at == datetime(2026, 11, 26, 11, 10, 20, 324000, tzinfo=UTC)
+
+
+def test_resolved_alert_keeps_its_end_time() -> None:
+    """A resolved alert's endsAt is the resolve time."""
+    (alert,) = parse(payload("alertmanager-resolved.json"))
+    assert alert.status == "resolved"
+    assert alert.ends_at == datetime(2022, 7, 29, 11, 17, 27, 300000, tzinfo=UTC)
+    assert alert.generator_url.startswith("/")  # relative URLs are kept as sent
+
+
+def test_unknown_fields_from_newer_alertmanagers_are_ignored() -> None:
+    """notification_reason, routeLabels and future fields do not break parsing."""
+    body = copy.deepcopy(payload("alertmanager-0.25-firing.json"))
+    body["notification_reason"] = "first notification"
+    body["routeLabels"] = {"team": "x"}
+    body["alerts"][0]["newField"] = 1
+    assert len(parse(body)) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ([], "/api/v2/alerts"),
+        ("text", "must be a JSON object, got str"),
+        ({"alerts": []}, 'version: expected "4"'),
+        ({"version": 4, "alerts": []}, 'version: expected "4" (Alertmanager webhook), got 4'),
+        ({"version": "1", "alerts": []}, "Grafana"),
+        ({"version": "4"}, "alerts: Field required"),
+        ({"version": "4", "alerts": [{"status": "firing"}]}, "alerts[0].labels: Field required"),
+        ({"version": "4", "alerts": [{"status": "firing", "labels": {"a": None}}]}, "alerts[0].labels.a"),
+        ({"version": "4", "alerts": [{"status": "firing", "labels": {}, "annotations": []}]}, "alerts[0].annotations"),
+        ({"version": "4", "alerts": [{"status": "firing", "labels": {}, "fingerprint": 7}]}, "alerts[0].fingerprint"),
+    ],
+)
+def test_malformed_payloads_are_rejected_naming_the_field(body: object, message: str) -> None:
+    """Every rejection names what is wrong, so the sender's operator can fix it."""
+    with pytest.raises(InvalidPayload) as info:
+        parse(body)
+    assert message in str(info.value)
+
+
+def test_many_errors_are_summarised() -> None:
+    """A payload with dozens of bad alerts lists the first few and how many more."""
+    body = {"version": "4", "alerts": [{"status": "nope", "labels": {}} for _ in range(20)]}
+    with pytest.raises(InvalidPayload) as info:
+        parse(body)
+    assert "and 15 more" in str(info.value)
