@@ -22,6 +22,7 @@ from bridge.destinations import Outcome, Reason, Verdict
 from bridge.metrics import Metrics
 from bridge.outbox import NewEvent, SqliteOutbox
 from bridge.outbox.dispatcher import Dispatcher, backoff_delay
+from tests.support.clock import FakeClock
 
 DEST = "flashduty"
 OK = Outcome(Verdict.OK, Reason.DELIVERED, request_id="req-ok")
@@ -31,19 +32,6 @@ def retry(code: str = "InternalError", retry_after: float | None = None) -> Outc
     return Outcome(
         Verdict.RETRY, Reason.SERVER_ERROR, code=code, message="try later", status=500, retry_after=retry_after
     )
-
-
-class FakeClock:
-    """A clock that only moves when a test moves it."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class ScriptedDestination:

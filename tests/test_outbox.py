@@ -14,21 +14,9 @@ from typing import Any
 import pytest
 
 from bridge.outbox import Claimed, NewEvent, OutboxFull, OutboxStats, OutboxUnavailable, SqliteOutbox
+from tests.support.clock import FakeClock
 
 DEST = "flashduty"
-
-
-class FakeClock:
-    """A clock that only moves when a test moves it."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class CountingClock(FakeClock):
