@@ -11,13 +11,16 @@ Responses use Flashduty's envelope: ``{"request_id", "data"}`` or ``{"request_id
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,32 +31,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge import __version__
-from bridge.config import Config
-from bridge.destinations import Destination
-from bridge.destinations.flashduty import DryRunDestination, FlashdutyDestination
+from bridge import __version__, admin, logs
+from bridge import runtime as runtime_module
+from bridge.config import DEFAULT_DESTINATION, Config, ConfigError
+from bridge.config import load as load_config
+from bridge.destinations.flashduty import DryRunDestination
 from bridge.limits import clean_text
-from bridge.mapping import Mapper
 from bridge.metrics import Metrics
+from bridge.models import Alert, Event
 from bridge.outbox import NewEvent, OutboxUnavailable, SqliteOutbox
 from bridge.outbox.dispatcher import Dispatcher
+from bridge.responses import envelope
+from bridge.routing import Skip, passthrough_destination
+from bridge.runtime import Runtime
 from bridge.sources import InvalidPayload, alertmanager
 
 log = logging.getLogger("bridge.app")
 
-#: The one destination until routing arrives; stored with every event.
-DEFAULT_DESTINATION = "default"
 #: How long SIGTERM waits for in-flight delivery attempts.
 SHUTDOWN_GRACE_SECONDS = 15.0
-
-
-def envelope(status: int, request_id: str, *, data: Any = None, code: str = "", message: str = "") -> JSONResponse:
-    body: dict[str, Any] = {"request_id": request_id}
-    if code:
-        body["error"] = {"code": code, "message": message}
-    else:
-        body["data"] = data if data is not None else {}
-    return JSONResponse(body, status_code=status)
 
 
 class BodyTooLarge(Exception):
@@ -104,24 +100,70 @@ def _without_lone_surrogates(value: Any) -> Any:
 class Bridge:
     """Everything a running bridge owns; built in the lifespan, torn down in order."""
 
-    config: Config
+    config_path: Path | None
     metrics: Metrics
     outbox: SqliteOutbox
     dispatcher: Dispatcher
-    mapper: Mapper
-    destination: Destination
     http: httpx.AsyncClient
+    runtime: Runtime
+    dry_run_log: DryRunDestination | None
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    async def passthrough(self, key: str) -> str:
+        """The destination for a key given in the sender's URL, created (and remembered) on first use."""
+        name = passthrough_destination(key)
+        if name not in self.dispatcher.lanes:
+            logs.add_secrets([key])
+            # Stored before any event for it is committed, so a restart can still deliver them.
+            await self.outbox.save_passthrough_key(name, key)
+            destination = runtime_module.passthrough(self.config, name, key, self.http)
+            self.dispatcher.add_destinations({name: destination}, {name: self.config.flashduty.rate_limit})
+        return name
+
+    def reload(self) -> tuple[bool, str]:
+        """Load the config file again; keep the running config if the new one is invalid."""
+        metrics = self.metrics
+        if self.config_path is None:
+            return False, "no config file to reload (started without --config)"
+        try:
+            new = load_config(self.config_path)
+            runtime = runtime_module.build(new, metrics, self.http)
+        except ConfigError as exc:
+            metrics.reloads.labels("failure").inc()
+            metrics.reload_success.set(0)
+            message = f"reload refused, the running config stays in force: {exc}"
+            log.error("%s", message)
+            return False, message
+        fixed = [name for name in ("listen", "storage", "delivery") if getattr(new, name) != getattr(self.config, name)]
+        logs.add_secrets(runtime_module.secrets(runtime_module.integration_keys(new)))
+        self.dispatcher.add_destinations(runtime.destinations, runtime.rate_limits)
+        self.runtime = runtime
+        metrics.reloads.labels("success").inc()
+        metrics.reload_success.set(1)
+        metrics.reload_time.set(time.time())
+        note = f"; {', '.join(fixed)} changed and need a restart" if fixed else ""
+        log.info(
+            "config reloaded from %s (%d routes, %d destinations)%s",
+            self.config_path,
+            len(new.routes),
+            len(runtime.destinations),
+            note,
+        )
+        return True, "reloaded" + note
 
 
-async def receive_alertmanager(request: Request) -> Response:
-    """``POST /alertmanager``: one Flashduty event per alert, committed before the 200."""
+async def receive(request: Request, source: str, parse: Callable[[Any], list[Alert]]) -> Response:
+    """The receive path for every sender: parse, route, map, commit, answer."""
     bridge: Bridge = request.app.state.bridge
+    runtime = bridge.runtime  # this request finishes on the config it started with
     metrics = bridge.metrics
     request_id = uuid.uuid4().hex
-    source = alertmanager.SOURCE
     try:
-        body = await read_json(request, bridge.config.max_body_bytes)
-        alerts = alertmanager.parse(body)
+        body = await read_json(request, runtime.config.max_body_bytes)
+        alerts = parse(body)
     except BodyTooLarge as exc:
         metrics.requests.labels(source, "too_large").inc()
         return envelope(413, request_id, code="InvalidParameter", message=str(exc))
@@ -130,14 +172,31 @@ async def receive_alertmanager(request: Request) -> Response:
         log.info("rejected %s request %s: %s", source, request_id, exc)
         return envelope(400, request_id, code="InvalidParameter", message=str(exc))
 
-    events = [bridge.mapper.event(alert) for alert in alerts]
+    passthrough = None
+    key = request.query_params.get("integration_key")
+    if key is not None and runtime.config.passthrough:
+        if not key.strip():
+            metrics.requests.labels(source, "invalid").inc()
+            return envelope(400, request_id, code="InvalidParameter", message="integration_key is empty")
+        passthrough = await bridge.passthrough(key.strip())
+
+    events: list[tuple[NewEvent, Event]] = []
+    skipped = 0
+    for alert in alerts:
+        try:
+            targets = runtime.router.route(alert, passthrough)
+        except Skip as skip:
+            metrics.unrouted.labels(source, skip.reason).inc()
+            skipped += 1
+            continue
+        for target in targets:
+            event = runtime.mapper.event(alert, target)
+            new = NewEvent(
+                target.destination, event.alert_key, source, event.event_status, event.to_json(), event.digest()
+            )
+            events.append((new, event))
     try:
-        await bridge.outbox.put(
-            [
-                NewEvent(DEFAULT_DESTINATION, event.alert_key, source, event.event_status, event.to_json())
-                for event in events
-            ]
-        )
+        stored = await bridge.outbox.put([new for new, _ in events])
     except OutboxUnavailable as exc:
         metrics.requests.labels(source, "unavailable").inc()
         metrics.alerts.labels(source, "unavailable").inc(len(alerts))
@@ -147,13 +206,36 @@ async def receive_alertmanager(request: Request) -> Response:
 
     metrics.requests.labels(source, "accepted").inc()
     metrics.alerts.labels(source, "accepted").inc(len(alerts))
-    for event in events:
-        metrics.events.labels(source, event.event_status).inc()
+    for (_, event), kept in zip(events, stored, strict=True):
+        if kept:
+            metrics.events.labels(source, event.event_status).inc()
+        else:
+            metrics.suppressed.labels(source).inc()
     return envelope(
         200,
         request_id,
-        data={"accepted": len(events), "alert_keys": [event.alert_key for event in events]},
+        data={
+            "accepted": len(alerts),
+            "events": stored.count(True),
+            "suppressed": stored.count(False),
+            "unrouted": skipped,
+            "alert_keys": list(dict.fromkeys(event.alert_key for _, event in events)),
+        },
     )
+
+
+async def receive_alertmanager(request: Request) -> Response:
+    """``POST /alertmanager``: one Flashduty event per alert and destination, committed before the 200."""
+    return await receive(request, alertmanager.SOURCE, alertmanager.parse)
+
+
+async def reload_config(request: Request) -> Response:
+    """``POST /-/reload``, as in Prometheus and Alertmanager."""
+    bridge: Bridge = request.app.state.bridge
+    ok, message = bridge.reload()
+    if ok:
+        return envelope(200, uuid.uuid4().hex, data={"message": message})
+    return envelope(500 if bridge.config_path else 400, uuid.uuid4().hex, code="InvalidParameter", message=message)
 
 
 async def healthy(request: Request) -> Response:
@@ -165,7 +247,9 @@ async def ready(request: Request) -> Response:
     bridge: Bridge | None = getattr(request.app.state, "bridge", None)
     if bridge is None or not bridge.outbox.is_open or not bridge.dispatcher.running:
         return JSONResponse({"status": "not ready"}, status_code=503)
-    return JSONResponse({"status": "ready", "dry_run": bridge.config.flashduty.dry_run})
+    # An open circuit is reported but does not make the bridge unready: it still accepts and
+    # stores alerts, which is exactly what a sender needs while Flashduty is down.
+    return JSONResponse({"status": "ready", "dry_run": bridge.config.dry_run, "circuits": bridge.dispatcher.circuits()})
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -176,15 +260,8 @@ async def metrics_endpoint(request: Request) -> Response:
 async def dry_run_events(request: Request) -> Response:
     """What the bridge would have sent, when it runs without an integration key."""
     bridge: Bridge = request.app.state.bridge
-    sent = bridge.destination.sent if isinstance(bridge.destination, DryRunDestination) else []
-    return JSONResponse({"dry_run": bridge.config.flashduty.dry_run, "events": sent})
-
-
-async def dead_letters(request: Request) -> Response:
-    bridge: Bridge = request.app.state.bridge
-    limit = request.query_params.get("limit", "100")
-    rows = await bridge.outbox.dead_letters(int(limit) if limit.isdigit() else 100)
-    return JSONResponse({"dead_letters": rows})
+    sent = bridge.dry_run_log.sent if bridge.dry_run_log is not None else []
+    return JSONResponse({"dry_run": bridge.config.dry_run, "events": sent})
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -198,18 +275,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-def build_destination(config: Config, http: httpx.AsyncClient) -> Destination:
-    flashduty = config.flashduty
-    if flashduty.dry_run:
-        return DryRunDestination(DEFAULT_DESTINATION)
-    return FlashdutyDestination(
-        DEFAULT_DESTINATION, flashduty.url, flashduty.integration_key.get_secret_value(), http, flashduty.timeout
-    )
-
-
 def create_app(
     config: Config,
     *,
+    config_path: Path | None = None,
     registry: CollectorRegistry | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Starlette:
@@ -218,7 +287,13 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        outbox = SqliteOutbox(config.storage.path, max_pending=config.storage.max_pending, clock=clock)
+        outbox = SqliteOutbox(
+            config.storage.path,
+            max_pending=config.storage.max_pending,
+            max_age=config.delivery.retry_horizon,
+            refresh_interval=config.delivery.refresh_interval,
+            clock=clock,
+        )
         await outbox.open()
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(config.flashduty.timeout),
@@ -228,23 +303,45 @@ def create_app(
             headers={"User-Agent": f"flashduty-bridge/{__version__}"},
             trust_env=True,
         )
-        destination = build_destination(config, http)
-        dispatcher = Dispatcher(outbox, {destination.name: destination}, metrics, config.delivery, clock=clock)
-        metrics.dry_run.set(1 if config.flashduty.dry_run else 0)
-        app.state.bridge = Bridge(
-            config, metrics, outbox, dispatcher, Mapper(config.alertmanager, metrics), destination, http
+        runtime = runtime_module.build(config, metrics, http)
+        dispatcher = Dispatcher(
+            outbox, runtime.destinations, metrics, config.delivery, runtime.rate_limits, clock=clock
         )
+        remembered = await outbox.passthrough_keys()
+        logs.add_secrets(remembered.values())
+        dispatcher.add_destinations(
+            {name: runtime_module.passthrough(config, name, key, http) for name, key in remembered.items()},
+            {name: config.flashduty.rate_limit for name in remembered},
+        )
+        dry_run = runtime.destinations.get(DEFAULT_DESTINATION)
+        bridge = Bridge(
+            config_path,
+            metrics,
+            outbox,
+            dispatcher,
+            http,
+            runtime,
+            dry_run if isinstance(dry_run, DryRunDestination) else None,
+        )
+        app.state.bridge = bridge
+        metrics.dry_run.set(1 if config.dry_run else 0)
+        metrics.reload_success.set(1)
+        metrics.reload_time.set(time.time())
         dispatcher.start()
-        if config.flashduty.dry_run:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, bridge.reload)
+        if config.dry_run:
             log.warning(
                 "DRY RUN: no Flashduty integration key; events are logged and listed at GET /-/dry-run, not sent"
             )
-        else:
-            log.info("delivering to %s", getattr(destination, "display_url", destination.name))
+        for name, destination in runtime.destinations.items():
+            log.info("destination %s: %s", name, getattr(destination, "display_url", "dry run"))
         log.info("outbox %s open with %d pending events", outbox.path, (await outbox.stats()).pending)
         try:
             yield
         finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await dispatcher.stop(timeout=min(SHUTDOWN_GRACE_SECONDS, config.flashduty.timeout + 1))
             await http.aclose()
             await outbox.close()
@@ -255,9 +352,10 @@ def create_app(
             Route("/alertmanager", receive_alertmanager, methods=["POST"]),
             Route("/-/healthy", healthy, methods=["GET", "HEAD"]),
             Route("/-/ready", ready, methods=["GET", "HEAD"]),
+            Route("/-/reload", reload_config, methods=["POST"]),
             Route("/-/dry-run", dry_run_events, methods=["GET"]),
-            Route("/-/dead-letters", dead_letters, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
+            *admin.routes,
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,

@@ -9,14 +9,19 @@ import signal
 import sys
 from pathlib import Path
 
-from bridge import __version__, config, logs
+from bridge import __version__, config, deadletters, logs
 
 log = logging.getLogger("bridge")
 
 
 def _load(path: str | None) -> config.Config:
+    """The validated config, with key files readable; exit 2 listing every problem otherwise."""
+    from bridge.runtime import integration_keys
+
     try:
-        return config.load(Path(path) if path else None)
+        cfg = config.load(Path(path) if path else None)
+        integration_keys(cfg)
+        return cfg
     except config.ConfigError as exc:
         print(f"error: invalid configuration {exc.source}:", file=sys.stderr)
         for problem in exc.problems:
@@ -52,14 +57,16 @@ def serve(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: storage.path {cfg.storage.path}: {problem}", file=sys.stderr)
         return 2
-    logs.setup(cfg.log_level, secrets=[cfg.flashduty.integration_key.get_secret_value()])
+    from bridge.runtime import integration_keys
+
+    logs.setup(cfg.log_level, secrets=integration_keys(cfg).values())
     for name in cfg.unset_variables:
         log.warning("environment variable %s is not set; it expanded to an empty string", name)
     host, port = config.split_listen(cfg.listen)
     log.info("flashduty-bridge %s listening on %s", __version__, cfg.listen)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(cfg),
+            create_app(cfg, config_path=Path(args.config) if args.config else None),
             host=host,
             port=port,
             log_config=None,  # keep our handler (and its redaction)
@@ -83,8 +90,12 @@ def check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     for name in cfg.unset_variables:
         print(f"warning: environment variable {name} is not set; it expands to an empty string", file=sys.stderr)
-    mode = "dry run (no integration key)" if cfg.flashduty.dry_run else "delivering to Flashduty"
-    print(f"{args.config}: OK ({mode}; outbox in {cfg.storage.path})")
+    mode = "dry run (no integration key)" if cfg.dry_run else "delivering to Flashduty"
+    destinations = (["default"] if not cfg.flashduty.dry_run else []) + list(cfg.destinations)
+    print(
+        f"{args.config}: OK ({mode}; {len(destinations)} destinations: {', '.join(destinations) or 'none'};"
+        f" {len(cfg.routes)} routes; outbox in {cfg.storage.path})"
+    )
     return 0
 
 
@@ -105,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--config", required=True)
     check.set_defaults(func=check_config)
     commands.add_parser("emulate", help="run a Flashduty-compatible receiver (see emulate --help)")
+    deadletters.add_parser(commands)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -23,7 +23,19 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bridge.matchers import MatcherList
 
 KEY_ENV_VAR = "FLASHDUTY_INTEGRATION_KEY"
 
@@ -34,6 +46,9 @@ DEFAULT_TIMEOUT_SECONDS = 10.0
 DEFAULT_MAX_PENDING = 100_000
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_WORKERS = 8
+DEFAULT_RETRY_HORIZON = 24 * 3600.0
+#: The destination of ``flashduty.integration_key``.
+DEFAULT_DESTINATION = "default"
 
 #: Flashduty's own Prometheus integration table (lower-cased label value -> status).
 DEFAULT_SEVERITY_MAP: dict[str, str] = {
@@ -94,11 +109,19 @@ class StorageConfig(_Frozen):
     max_pending: int = Field(DEFAULT_MAX_PENDING, gt=0, strict=True)
 
 
+class RateLimitConfig(_Frozen):
+    """Flashduty's documented per-integration-key limits; raise them if Flashduty raised yours."""
+
+    per_second: int = Field(100, ge=1, strict=True)
+    per_minute: int = Field(1000, ge=1, strict=True)
+
+
 class FlashdutyConfig(_Frozen):
     url: str = DEFAULT_FLASHDUTY_URL
     integration_key: SecretStr = SecretStr("")
     #: Per-attempt timeout for one request to Flashduty.
     timeout: Duration = DEFAULT_TIMEOUT_SECONDS
+    rate_limit: RateLimitConfig = RateLimitConfig()
 
     @field_validator("url")
     @classmethod
@@ -118,6 +141,14 @@ class FlashdutyConfig(_Frozen):
         return not self.integration_key.get_secret_value()
 
 
+class CircuitConfig(_Frozen):
+    """Stop hammering a destination that keeps failing; probe it until it answers again."""
+
+    failures: int = Field(5, ge=1, strict=True)
+    cooldown: Duration = 5.0
+    max_cooldown: Duration = 300.0
+
+
 class DeliveryConfig(_Frozen):
     #: Events delivered concurrently (always one at a time per alert_key).
     workers: int = Field(DEFAULT_WORKERS, ge=1, le=256, strict=True)
@@ -125,6 +156,18 @@ class DeliveryConfig(_Frozen):
     backoff_max: Duration = 60.0
     #: Upper bound for a Retry-After header, so a bogus value cannot stall a key for hours.
     retry_after_max: Duration = 300.0
+    #: An event still undelivered after this long becomes a dead letter ("expired").
+    retry_horizon: Duration = DEFAULT_RETRY_HORIZON
+    #: A repeat that says nothing new (same status, title, description, labels) is not sent
+    #: again within this interval; after it, it is, so Flashduty sees the alert as fresh.
+    refresh_interval: Annotated[float, BeforeValidator(_parse_duration), Field(ge=0, allow_inf_nan=False)] = 300.0
+    circuit: CircuitConfig = CircuitConfig()
+
+
+class AdminConfig(_Frozen):
+    """The admin HTTP API (dead letters). Disabled while ``token`` is empty."""
+
+    token: SecretStr = SecretStr("")
 
 
 class AlertmanagerConfig(_Frozen):
@@ -157,12 +200,102 @@ class AlertmanagerConfig(_Frozen):
         return value
 
 
+def _compile_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {value!r}: {exc}") from None
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_compile_regex)]
+
+
+class LabelRules(_Frozen):
+    """Label hygiene, applied in this order: rename, enrich, add, drop, keep.
+
+    They work on the alert's labels and annotations (both become Flashduty labels),
+    before keys are sanitised and the 50-label cap applies.
+    """
+
+    #: old name -> new name.
+    rename: dict[str, str] = Field(default_factory=dict)
+    #: Fill a label Flashduty groups on from the first present candidate, e.g.
+    #: ``resource: [instance, host]``. An existing value is kept.
+    enrich: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    #: Static labels, set on every event (they replace a value the alert had).
+    add: dict[str, str] = Field(default_factory=dict)
+    #: Names matching any of these (anchored) regexes are left out.
+    drop: tuple[Regex, ...] = ()
+    #: When given, only names matching one of these (anchored) regexes are kept.
+    keep: tuple[Regex, ...] = ()
+    #: Names that survive the 50-label cap first, before the identity labels.
+    priority: tuple[str, ...] = ()
+
+
+class DestinationConfig(_Frozen):
+    """A Flashduty integration: its key (inline or from a file, e.g. a mounted Secret)."""
+
+    integration_key: SecretStr = SecretStr("")
+    #: Read at start and at every reload; surrounding whitespace is ignored.
+    integration_key_file: Path | None = None
+    #: Default: ``flashduty.url``.
+    url: str | None = None
+    #: Default: ``flashduty.rate_limit``.
+    rate_limit: RateLimitConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> DestinationConfig:
+        has_key, has_file = bool(self.integration_key.get_secret_value()), self.integration_key_file is not None
+        if has_key == has_file:
+            raise ValueError("give exactly one of integration_key and integration_key_file")
+        if self.url is not None:
+            FlashdutyConfig._http_url(self.url)
+        return self
+
+
+class RouteConfig(_Frozen):
+    """One routing rule; routes are tried in order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    #: Alertmanager matcher syntax on the alert's labels, e.g. ``team="db"``, ``severity=~"critical|warning"``.
+    matchers: MatcherList = ()
+    #: Only alerts from these sources (e.g. alertmanager); empty: any.
+    sources: tuple[str, ...] = ()
+    destination: str | None = None
+    #: Also try the following routes after this one matched (fan-out).
+    continue_: bool = Field(False, alias="continue")
+    #: Matching alerts are not sent anywhere (counted).
+    drop: bool = False
+    #: Per-route label rules, applied after the global ones.
+    labels: LabelRules = LabelRules()
+    #: Per-route severity entries, overriding those of the source's table for these alerts.
+    severity_map: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> RouteConfig:
+        if self.drop == (self.destination is not None):
+            raise ValueError("a route needs either a destination or drop: true")
+        if self.severity_map is not None:
+            AlertmanagerConfig._firing_statuses_only(self.severity_map)
+        return self
+
+
 class Config(_Frozen):
     listen: str = DEFAULT_LISTEN
     storage: StorageConfig = StorageConfig()
     flashduty: FlashdutyConfig = FlashdutyConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     alertmanager: AlertmanagerConfig = AlertmanagerConfig()
+    admin: AdminConfig = AdminConfig()
+    #: Named Flashduty integrations; ``flashduty.integration_key`` is the destination "default".
+    destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
+    routes: tuple[RouteConfig, ...] = ()
+    #: Global label hygiene (before any route's own rules).
+    labels: LabelRules = LabelRules()
+    #: ``?integration_key=K`` on a sender path sends to K directly (as Flashduty's own URLs do).
+    passthrough: bool = True
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0, strict=True)
     log_level: str = Field("info", pattern=r"^(?i:debug|info|warning|error)$")
     #: Environment variables referenced as ${VAR} that were not set (not part of the file).
@@ -173,6 +306,32 @@ class Config(_Frozen):
     def _host_port(cls, value: str) -> str:
         split_listen(value)
         return value
+
+    @field_validator("destinations")
+    @classmethod
+    def _names(cls, value: dict[str, DestinationConfig]) -> dict[str, DestinationConfig]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name) or name == DEFAULT_DESTINATION:
+                raise ValueError(
+                    f"destination name {name!r}: use 1-64 letters, digits, _ . - (not {DEFAULT_DESTINATION!r})"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _routes_name_destinations(self) -> Config:
+        has_default = not self.flashduty.dry_run or not self.destinations
+        known = set(self.destinations) | ({DEFAULT_DESTINATION} if has_default else set())
+        for index, route in enumerate(self.routes):
+            if route.destination is not None and route.destination not in known:
+                raise ValueError(
+                    f"routes[{index}]: unknown destination {route.destination!r} (known: {', '.join(sorted(known))})"
+                )
+        return self
+
+    @property
+    def dry_run(self) -> bool:
+        """No integration key anywhere: nothing is sent, events are listed at /-/dry-run."""
+        return self.flashduty.dry_run and not self.destinations
 
 
 def split_listen(value: str) -> tuple[str, int]:

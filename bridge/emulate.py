@@ -93,11 +93,16 @@ class FaultItem(BaseModel):
     delay_ms: int = Field(default=0, ge=0, le=120_000)
     body: str | None = None
     content_type: str | None = None
+    #: Cut the connection mid-response (the client sees a transport error, not a status).
+    drop: bool = False
 
     @model_validator(mode="after")
     def _code_or_body(self) -> Self:
+        if self.drop:
+            self.status = self.status or 200
+            return self
         if self.code is None and self.body is None:
-            raise ValueError("give code (for an error envelope) or body (sent raw)")
+            raise ValueError("give code (for an error envelope) or body (sent raw), or drop")
         if self.status is None:
             if self.code not in STATUS_BY_CODE:
                 raise ValueError(f"status is required unless code is one of {', '.join(STATUS_BY_CODE)}")
@@ -105,9 +110,18 @@ class FaultItem(BaseModel):
         return self
 
 
+class Outage(BaseModel):
+    """For ``seconds`` from now, every push is answered with ``answer`` (after the script runs out)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    seconds: float = Field(gt=0, le=3600)
+    answer: FaultItem
+
+
 class FaultScript(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    script: list[FaultItem]
+    script: list[FaultItem] = Field(default_factory=list)
+    outage: Outage | None = None
 
 
 class _Reject(Exception):
@@ -280,6 +294,8 @@ class _State:
     requests: list[dict[str, Any]] = field(default_factory=list)
     windows: dict[str, deque[float]] = field(default_factory=dict)
     faults: deque[FaultItem] = field(default_factory=deque)
+    outage: FaultItem | None = None
+    outage_until: float = 0.0
 
     def admit(self, key: str, now: float) -> int | None:
         """Sliding windows of 1 s and 60 s; return None if admitted, else seconds until a slot frees."""
@@ -304,6 +320,17 @@ class _State:
         return self.requests[-1]
 
 
+class _DroppedResponse(Response):
+    """Promise a body, send part of it, and end: the server closes the connection mid-response."""
+
+    def __init__(self) -> None:
+        super().__init__(b"")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
+        await send({"type": "http.response.body", "body": b'{"request_id": "dro', "more_body": False})
+
+
 def _envelope(request_id: str, status: int, code: str, message: str, retry_after: int | None = None) -> Response:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     body = {"request_id": request_id, "error": {"code": code, "message": message}}
@@ -322,6 +349,8 @@ def create_app(
         logger.info("push fault %s %s key=%s request_id=%s", status, item.code, _mask(key), request_id)
         if item.delay_ms:
             await asyncio.sleep(item.delay_ms / 1000)
+        if item.drop:
+            return _DroppedResponse()
         if item.body is None:
             assert item.code is not None
             return _envelope(request_id, status, item.code, item.message, item.retry_after)
@@ -336,6 +365,8 @@ def create_app(
         key = keys[0] if keys else ""
         if state.faults:
             return await fault(request_id, key, state.faults.popleft())
+        if state.outage is not None and clock() < state.outage_until:
+            return await fault(request_id, key, state.outage)
         try:
             if request.method != "POST":
                 raise _Reject("MethodNotAllowed", f"method {request.method} is not allowed on {PUSH_PATH}, use POST")
@@ -378,6 +409,7 @@ def create_app(
             state.requests.clear()
             state.windows.clear()
             state.faults.clear()
+            state.outage = None
             return JSONResponse({"events": []})
         since_text = request.query_params.get("since", "0")
         if not (since_text.isascii() and since_text.isdigit()):
@@ -399,9 +431,13 @@ def create_app(
                 )
                 return _envelope(uuid.uuid4().hex, 400, "InvalidParameter", f"fault script: {problems}")
             state.faults = deque(script.script)
+            if script.outage is not None:
+                state.outage, state.outage_until = script.outage.answer, clock() + script.outage.seconds
         elif request.method == "DELETE":
             state.faults.clear()
-        return JSONResponse({"script": [item.model_dump() for item in state.faults]})
+            state.outage = None
+        outage_left = max(0.0, state.outage_until - clock()) if state.outage is not None else 0.0
+        return JSONResponse({"script": [item.model_dump() for item in state.faults], "outage_seconds": outage_left})
 
     async def healthy(_: Request) -> Response:
         return JSONResponse({"status": "ok"})

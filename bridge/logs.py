@@ -36,10 +36,19 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+_redactor = RedactingFilter(())
+
+
+def add_secrets(secrets: Iterable[str]) -> None:
+    """Scrub these too from now on (keys read at reload, keys that arrived in a URL)."""
+    _redactor.secrets.extend(secret for secret in secrets if secret and secret not in _redactor.secrets)
+
+
 def setup(level: str, secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
-    handler.addFilter(RedactingFilter(secrets))
+    add_secrets(secrets)
+    handler.addFilter(_redactor)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from bridge import limits
-from bridge.config import AlertmanagerConfig
+from bridge.config import AlertmanagerConfig, LabelRules
 from bridge.metrics import Metrics
 from bridge.models import Alert, Event, EventStatus
+
+if TYPE_CHECKING:
+    from bridge.routing import Target
 
 #: Annotations worth keeping first when the 50-label cap bites, in this order.
 _PREFERRED_ANNOTATIONS = ("summary", "description", "message", "runbook_url")
@@ -43,6 +48,38 @@ def _suffixed(key: str, original: str, attempt: int) -> str:
     return f"{key[: limits.LABEL_KEY_MAX - 9]}_{digest}"
 
 
+def _matches_any(patterns: Sequence[str], name: str) -> bool:
+    return any(re.fullmatch(pattern, name) for pattern in patterns)
+
+
+def apply_rules(
+    labels: Mapping[str, str], annotations: Mapping[str, str], rules: Sequence[LabelRules]
+) -> tuple[dict[str, str], dict[str, str], int]:
+    """Apply label hygiene (rename, enrich, add, drop, keep) to labels and annotations alike.
+
+    Returns the labels, the annotations and how many names drop/keep removed.
+    """
+    own, notes = dict(labels), dict(annotations)
+    removed = 0
+    for rule in rules:
+        for old, new in rule.rename.items():
+            for names in (own, notes):
+                if old in names:
+                    names[new] = names.pop(old)
+        for target, candidates in rule.enrich.items():
+            if target not in own:
+                found = next((own.get(c) or notes.get(c) for c in candidates if own.get(c) or notes.get(c)), None)
+                if found:
+                    own[target] = found
+        own.update(rule.add)
+        for names in (own, notes):
+            for name in list(names):
+                if (rule.drop and _matches_any(rule.drop, name)) or (rule.keep and not _matches_any(rule.keep, name)):
+                    del names[name]
+                    removed += 1
+    return own, notes, removed
+
+
 class Mapper:
     """Turns alerts of one source into events; one instance per source config."""
 
@@ -50,23 +87,26 @@ class Mapper:
         self.config = config
         self.metrics = metrics
 
-    def event(self, alert: Alert) -> Event:
+    def event(self, alert: Alert, target: Target | None = None) -> Event:
+        """The event for ``alert``, with the label rules and severity table of the route that chose it."""
         when = alert.ends_at if alert.status == "resolved" else alert.starts_at
         return Event(
             alert_key=self.alert_key(alert),
-            event_status=self.status(alert),
+            event_status=self.status(alert, target.severity_map if target else None),
             title_rule=self.title(alert),
             description=self.description(alert),
-            labels=self.labels(alert),
+            labels=self.labels(alert, target.labels if target else ()),
             event_time=int(when.timestamp()) if when else None,
         )
 
-    def status(self, alert: Alert) -> EventStatus:
+    def status(self, alert: Alert, severity_map: dict[str, str] | None = None) -> EventStatus:
         if alert.status == "resolved":
             return "Ok"
+        # A route's table overrides entries of the source's table; the rest still applies.
+        table = self.config.severity_map if severity_map is None else {**self.config.severity_map, **severity_map}
         for name in self.config.severity_labels:
             if name in alert.labels:
-                found = self.config.severity_map.get(alert.labels[name].strip().lower())
+                found = table.get(alert.labels[name].strip().lower())
                 if found in ("Critical", "Warning", "Info"):
                     return found  # type: ignore[return-value]  # validated in config
                 break  # the first severity label decides, as in Flashduty's integration
@@ -129,14 +169,20 @@ class Mapper:
             self.metrics.truncations.labels("description").inc()
         return f"{text}{separator}{link_block}"
 
-    def labels(self, alert: Alert) -> dict[str, str]:
-        identity = [name for name in self.config.identity_labels if name in alert.labels]
-        rest = sorted(set(alert.labels) - set(identity))
-        preferred = [name for name in _PREFERRED_ANNOTATIONS if name in alert.annotations]
-        notes = sorted(set(alert.annotations) - set(preferred))
-        candidates = [(name, alert.labels[name]) for name in identity + rest]
-        candidates += [(name, alert.annotations[name]) for name in preferred + notes]
+    def labels(self, alert: Alert, rules: Sequence[LabelRules] = ()) -> dict[str, str]:
+        own, annotations, removed = apply_rules(alert.labels, alert.annotations, rules)
+        if removed:
+            self.metrics.labels_dropped.labels("rule").inc(removed)
+        priority = [name for rule in rules for name in rule.priority]
+        first = list(dict.fromkeys(name for name in (*priority, *self.config.identity_labels) if name in own))
+        rest = sorted(set(own) - set(first))
+        preferred = [name for name in priority if name in annotations and name not in own]
+        preferred += [name for name in _PREFERRED_ANNOTATIONS if name in annotations and name not in preferred]
+        notes = sorted(set(annotations) - set(preferred))
+        candidates = [(name, own[name]) for name in first + rest]
+        candidates += [(name, annotations[name]) for name in preferred + notes]
         candidates = [(name, value) for name, value in candidates if value != ""]
+        identity = first
 
         # Keys that are already valid claim their names before any rewritten key does,
         # so a real "service_name" label always keeps its name over "service.name".
@@ -149,12 +195,7 @@ class Mapper:
         for index, (name, value) in enumerate(candidates):
             if keys[index] is not None:
                 continue
-            if (
-                name in alert.labels
-                and name in alert.annotations
-                and alert.labels[name] == value
-                and index >= len(identity) + len(rest)
-            ):
+            if name in own and name in annotations and own[name] == value and index >= len(identity) + len(rest):
                 continue  # an annotation repeating a label with the same value adds nothing
             key = limits.sanitise_label_key(name)
             reason = "sanitised" if key != name else "collision"

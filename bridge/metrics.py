@@ -19,7 +19,7 @@ REQUEST_OUTCOMES = ("accepted", "invalid", "too_large", "unavailable")
 EVENT_STATUSES = ("Critical", "Warning", "Info", "Ok")
 ATTEMPT_OUTCOMES = ("ok", "retry", "give_up")
 TRUNCATED_FIELDS = ("title_rule", "description", "alert_key", "label_key", "label_value")
-LABEL_DROP_REASONS = ("limit",)
+LABEL_DROP_REASONS = ("limit", "rule")
 LABEL_RENAME_REASONS = ("sanitised", "collision")
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -86,6 +86,58 @@ class Metrics:
             ["destination", "code"],
             registry=registry,
         )
+        self.suppressed = Counter(
+            f"{p}_events_suppressed_total",
+            "Events not queued because they repeat the last one of their key within refresh_interval.",
+            ["source"],
+            registry=registry,
+        )
+        self.coalesced = Counter(
+            f"{p}_events_coalesced_total",
+            "Queued firing events skipped because a newer firing state of the same key was queued behind them.",
+            ["destination"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            f"{p}_rate_limited_total",
+            "429 answers from the destination (each pauses the destination).",
+            ["destination"],
+            registry=registry,
+        )
+        self.rate_limit_headroom = Gauge(
+            f"{p}_rate_limit_headroom",
+            "Requests the client-side rate limiter still allows in its window (second, minute).",
+            ["destination", "window"],
+            registry=registry,
+        )
+        self.circuit_open = Gauge(
+            f"{p}_circuit_open",
+            "1 while the destination's circuit breaker is open or probing (half-open).",
+            ["destination"],
+            registry=registry,
+        )
+        self.replayed = Counter(
+            f"{p}_dead_letters_replayed_total", "Dead letters queued again by an operator.", registry=registry
+        )
+        self.unrouted = Counter(
+            f"{p}_alerts_unrouted_total",
+            "Alerts sent nowhere, by source and reason (dropped_by_route, no_route).",
+            ["source", "reason"],
+            registry=registry,
+        )
+        self.reloads = Counter(
+            f"{p}_config_reloads_total", "Configuration reloads by result.", ["result"], registry=registry
+        )
+        self.reload_success = Gauge(
+            f"{p}_config_last_reload_successful",
+            "1 if the last reload succeeded (or none was tried).",
+            registry=registry,
+        )
+        self.reload_time = Gauge(
+            f"{p}_config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded.",
+            registry=registry,
+        )
         self.truncations = Counter(
             f"{p}_truncations_total",
             "Values shortened to fit a Flashduty limit, by field.",
@@ -108,10 +160,15 @@ class Metrics:
                 self.alerts.labels(source, outcome)
             for status in EVENT_STATUSES:
                 self.events.labels(source, status)
+            self.suppressed.labels(source)
+            for reason in ("dropped_by_route", "no_route"):
+                self.unrouted.labels(source, reason)
         for name in TRUNCATED_FIELDS:
             self.truncations.labels(name)
         for reason in LABEL_DROP_REASONS:
             self.labels_dropped.labels(reason)
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
         for reason in LABEL_RENAME_REASONS:
             self.labels_renamed.labels(reason)
 
@@ -121,3 +178,6 @@ class Metrics:
             self.attempts.labels(destination, outcome, "none")
         self.attempt_duration.labels(destination)
         self.delivery_latency.labels(destination)
+        self.coalesced.labels(destination)
+        self.rate_limited.labels(destination)
+        self.circuit_open.labels(destination).set(0)

@@ -6,6 +6,7 @@ event that ``mapping`` makes of it and the outbox stores and delivers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,6 +58,11 @@ class Event:
         if self.event_time is not None:
             body["event_time"] = self.event_time
         return body
+
+    def digest(self) -> str:
+        """What the event says (not when): equal digests mean a repeat with nothing new."""
+        said = [self.event_status, self.title_rule, self.description, sorted(self.labels.items())]
+        return hashlib.sha256(json.dumps(said, ensure_ascii=False).encode(errors="surrogatepass")).hexdigest()[:32]
 
     def to_json(self) -> str:
         return json.dumps(self.to_body(), ensure_ascii=False, separators=(",", ":"))

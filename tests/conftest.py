@@ -21,6 +21,7 @@ from tests.support.procs import LOOPBACK, Proc, free_port, python_module
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "payloads"
 TEST_KEY = "it-test-key-SECRET-7f3a9c"
+ADMIN_TOKEN = "admin-token-SECRET-51b2"
 
 
 def payload(name: str) -> dict[str, Any]:
@@ -117,6 +118,17 @@ class Bridge:
             content = json.dumps(body).encode()
         return httpx.post(f"{self.url}{path}", content=content, timeout=30, **kwargs)
 
+    def admin(self, method: str, path: str, token: str = ADMIN_TOKEN, **kwargs: Any) -> httpx.Response:
+        """Call the admin API (``/api/v1/...``) with the bearer token."""
+        headers = {"Authorization": f"Bearer {token}"}
+        return httpx.request(method, f"{self.url}/api/v1{path}", headers=headers, timeout=30, **kwargs)
+
+    def dead_letters(self, **params: Any) -> list[dict[str, Any]]:
+        response = self.admin("GET", "/dead-letters", params=params)
+        assert response.status_code == 200, response.text
+        letters: list[dict[str, Any]] = response.json()["data"]["dead_letters"]
+        return letters
+
     def metrics(self) -> str:
         return httpx.get(f"{self.url}/metrics").text
 
@@ -169,6 +181,7 @@ def make_bridge(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Call
         config: dict[str, Any] = {
             "storage": {"path": str(tmp_path / f"outbox-{index}")},
             "delivery": dict(FAST_DELIVERY),
+            "admin": {"token": ADMIN_TOKEN},
             "log_level": "info",
         }
         if target is not None:

@@ -522,7 +522,7 @@ def test_example_config_loads_in_dry_run_without_env() -> None:
     """config/example.yaml loads; without the env key it is a dry run and warns about the unset variable."""
     cfg = load(EXAMPLE, {})
     assert cfg.flashduty.dry_run is True
-    assert cfg.unset_variables == ("FLASHDUTY_INTEGRATION_KEY",)
+    assert cfg.unset_variables == ("FLASHDUTY_INTEGRATION_KEY", "BRIDGE_ADMIN_TOKEN")
     assert cfg.listen == "0.0.0.0:9095"
     assert cfg.storage.path == Path("/var/lib/flashduty-bridge")
 
@@ -531,13 +531,24 @@ def test_example_config_takes_key_from_env() -> None:
     """config/example.yaml delivers for real once FLASHDUTY_INTEGRATION_KEY is set."""
     cfg = load(EXAMPLE, KEY_ENV)
     assert cfg.flashduty.integration_key.get_secret_value() == SECRET
-    assert cfg.unset_variables == ()
+    assert cfg.unset_variables == ("BRIDGE_ADMIN_TOKEN",)
 
 
 def test_example_config_lists_every_accepted_key() -> None:
     """config/example.yaml spells out every key the Config model accepts and nothing else."""
     data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
-    sections = frozenset({"storage", "flashduty", "delivery", "alertmanager"})
+    sections = frozenset(
+        {
+            "storage",
+            "flashduty",
+            "flashduty.rate_limit",
+            "delivery",
+            "delivery.circuit",
+            "alertmanager",
+            "admin",
+            "labels",
+        }
+    )
     assert yaml_keys(data, nested=sections) == field_names(Config)
 
 

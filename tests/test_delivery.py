@@ -12,8 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from tests.conftest import TEST_KEY, Bridge, Emulator, start_emulator, wait_for
 from tests.support.procs import free_port
 from tests.test_app import alert, webhook
@@ -63,7 +61,7 @@ def test_invalid_parameter_is_not_retried_and_becomes_a_visible_dead_letter(
     assert [b["event_status"] for b in bodies] == ["Ok"]
     statuses = [r["status"] for r in emulator.requests()]
     assert statuses == [400, 200], statuses  # the rejected event was sent exactly once
-    letters = httpx.get(f"{bridge.url}/-/dead-letters").json()["dead_letters"]
+    letters = bridge.dead_letters()
     assert len(letters) == 1
     assert letters[0]["last_code"] == "InvalidParameter"
     assert letters[0]["last_error"] == "title_rule is bad"

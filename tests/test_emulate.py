@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -565,7 +566,7 @@ async def test_delete_events_clears_events_requests_rate_limit_windows_and_fault
         assert (await c.delete("/-/events")).status_code == 200
         assert await stored_events(c) == []
         assert (await c.get("/-/requests")).json() == {"requests": []}
-        assert (await c.get("/-/faults")).json() == {"script": []}
+        assert (await c.get("/-/faults")).json() == {"script": [], "outage_seconds": 0.0}
         assert (await push(c, VALID)).status_code == 200
         assert [e["seq"] for e in await stored_events(c)] == [1]
 
@@ -635,7 +636,7 @@ async def test_fault_is_consumed_before_any_validation() -> None:
         await c.put("/-/faults", json={"script": [{"status": 500, "code": "InternalError"}]})
         response = await c.get(PUSH)  # wrong method, no key, no body
         assert_error(response, 500, "InternalError", "injected fault")
-        assert (await c.get("/-/faults")).json() == {"script": []}
+        assert (await c.get("/-/faults")).json() == {"script": [], "outage_seconds": 0.0}
 
 
 @pytest.mark.asyncio
@@ -657,7 +658,7 @@ async def test_get_faults_shows_remaining_script_and_delete_clears_it() -> None:
         await push(c, VALID)
         remaining = (await c.get("/-/faults")).json()["script"]
         assert [(item["status"], item["code"]) for item in remaining] == [(500, "InternalError")]
-        assert (await c.delete("/-/faults")).json() == {"script": []}
+        assert (await c.delete("/-/faults")).json() == {"script": [], "outage_seconds": 0.0}
         assert (await push(c, VALID)).status_code == 200
 
 
@@ -672,7 +673,7 @@ async def test_get_faults_shows_remaining_script_and_delete_clears_it() -> None:
         (b'{"script": [{"code": "Custom"}]}', "status is required unless code is one of InvalidParameter,"),
         (b'{"script": [{"body": "<html/>"}]}', "status is required unless code is one of InvalidParameter,"),
         (b'{"script": [{"status": 503, "code": "X", "retry": 1}]}', "script.0.retry: Extra inputs are not permitted"),
-        (b'{"script": [{"status": 503}]}', "give code (for an error envelope) or body (sent raw)"),
+        (b'{"script": [{"status": 503}]}', "give code (for an error envelope) or body (sent raw), or drop"),
         (b'{"script": [{"status": 99, "code": "X"}]}', "script.0.status: Input should be greater than or equal to 200"),
         (b'{"script": {}}', "script: Input should be a valid array"),
         (b"not json", "fault script: body: Invalid JSON"),
@@ -681,7 +682,7 @@ async def test_get_faults_shows_remaining_script_and_delete_clears_it() -> None:
 async def test_malformed_fault_script_is_400_with_a_clear_message(payload: bytes, fragment: str) -> None:
     async with client() as c:
         response = await c.put("/-/faults", content=payload, headers={"content-type": "application/json"})
-        assert (await c.get("/-/faults")).json() == {"script": []}
+        assert (await c.get("/-/faults")).json() == {"script": [], "outage_seconds": 0.0}
     message = assert_error(response, 400, "InvalidParameter")
     assert fragment in message
 
@@ -738,3 +739,34 @@ def test_real_process_accepts_events_and_never_logs_the_integration_key(tmp_path
     assert "Finished server process" in output
     assert "push 200" in output and "push 400 InvalidParameter" in output
     assert KEY not in output and "nope" not in output
+
+
+@pytest.mark.asyncio
+async def test_outage_window_answers_every_push_until_it_ends() -> None:
+    """An outage answers each push with its scripted answer until the (fake) clock passes its end."""
+    clock = FakeClock()
+    async with client(clock=clock) as c:
+        outage = {"seconds": 5, "answer": {"status": 503, "code": "InternalError"}}
+        assert (await c.put("/-/faults", json={"outage": outage})).json()["outage_seconds"] == 5
+        assert [(await push(c, VALID)).status_code for _ in range(3)] == [503, 503, 503]
+        clock.now += 5.1
+        assert (await push(c, VALID)).status_code == 200
+        assert [r["status"] for r in (await c.get("/-/requests")).json()["requests"]] == [503, 503, 503, 200]
+
+
+@pytest.mark.asyncio
+async def test_drop_fault_cuts_the_connection_mid_response() -> None:
+    """A drop item promises a body it never finishes, so a real client sees a transport error, not a status."""
+    port = free_port()
+    proc = Proc(python_module("bridge.emulate", "--listen", f"127.0.0.1:{port}"), Path(tempfile.mkdtemp()) / "emu.log")
+    try:
+        proc.wait_http(f"http://127.0.0.1:{port}/-/healthy")
+        httpx.put(f"http://127.0.0.1:{port}/-/faults", json={"script": [{"drop": True}]}).raise_for_status()
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):  # cut mid-body or reset
+            httpx.post(f"http://127.0.0.1:{port}/event/push/alert/standard?integration_key=k", json=VALID)
+        assert (
+            httpx.post(f"http://127.0.0.1:{port}/event/push/alert/standard?integration_key=k", json=VALID).status_code
+            == 200
+        )
+    finally:
+        proc.stop()

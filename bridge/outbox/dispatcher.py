@@ -1,15 +1,20 @@
-"""Workers that deliver the outbox: the only place that retries.
+"""Workers that deliver the outbox: the only place that retries and paces.
 
-One feeder task claims due events (each the oldest pending event of its key) and
-runs at most ``workers`` attempts at once. An attempt's :class:`Outcome` decides:
+One feeder task claims due events per destination (each the oldest pending event
+of its key; backlogs drain Ok first, then Critical, Warning, Info) and runs at most
+``workers`` attempts at once. Before claiming, it asks the destination's
+:class:`~bridge.outbox.pacing.RateLimiter` and
+:class:`~bridge.outbox.pacing.CircuitBreaker` how many attempts may start. An
+attempt's :class:`Outcome` decides:
 
-* ok → the event is deleted;
+* ok → the event is deleted and its key's next event may go;
 * retry → it stays at the head of its key and is tried again after a capped
   exponential backoff with jitter, or after ``Retry-After`` when that is longer;
+  a 429 also pauses the whole destination (the limit is per integration key);
 * give up → it becomes a dead letter, kept with the Flashduty request_id, code and
   message, logged and counted. It no longer blocks its key.
 
-The clock, the sleep and the random source are injected, so backoff is testable
+The clock and the random source are injected, so pacing and backoff are testable
 without waiting.
 """
 
@@ -21,10 +26,12 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from bridge.config import DeliveryConfig
-from bridge.destinations import Destination, Outcome, Verdict
+from bridge.config import DeliveryConfig, RateLimitConfig
+from bridge.destinations import Destination, Outcome, Reason, Verdict
 from bridge.metrics import Metrics
+from bridge.outbox.pacing import CircuitBreaker, CircuitState, RateLimiter
 from bridge.outbox.store import Claimed, Outbox
 
 log = logging.getLogger("bridge.outbox")
@@ -33,6 +40,10 @@ log = logging.getLogger("bridge.outbox")
 LEASE_SECONDS = 300.0
 #: Upper bound on idle sleeps, so stats stay fresh and a lost wake-up costs at most this.
 IDLE_POLL_SECONDS = 1.0
+#: Pause after a 429 without Retry-After.
+DEFAULT_429_PAUSE = 1.0
+#: Destination name used for events whose destination is no longer configured.
+UNKNOWN_DESTINATION = "unknown_destination"
 
 
 def backoff_delay(attempt: int, config: DeliveryConfig, rand: Callable[[], float] = random.random) -> float:
@@ -45,6 +56,15 @@ def backoff_delay(attempt: int, config: DeliveryConfig, rand: Callable[[], float
     return base * (0.75 + 0.25 * rand())
 
 
+@dataclass
+class _Lane:
+    """Pacing state of one destination."""
+
+    destination: Destination
+    limiter: RateLimiter
+    circuit: CircuitBreaker
+
+
 class Dispatcher:
     """Runs delivery for every destination out of one outbox."""
 
@@ -54,12 +74,12 @@ class Dispatcher:
         destinations: Mapping[str, Destination],
         metrics: Metrics,
         config: DeliveryConfig,
+        rate_limits: Mapping[str, RateLimitConfig] | None = None,
         *,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.outbox = outbox
-        self.destinations = destinations
         self.metrics = metrics
         self.config = config
         self._clock = clock
@@ -68,12 +88,39 @@ class Dispatcher:
         self._stopping = False
         self._feeder: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
-        for name in destinations:
-            metrics.init_destination(name)
+        self.lanes: dict[str, _Lane] = {}
+        self.add_destinations(destinations, rate_limits or {})
+
+    def add_destinations(
+        self, destinations: Mapping[str, Destination], rate_limits: Mapping[str, RateLimitConfig]
+    ) -> None:
+        """Add destinations, or replace them keeping their pacing state (reload).
+
+        Destinations not named here keep their lanes: events already queued for them
+        are still delivered with the settings they were routed with.
+        """
+        for name, destination in destinations.items():
+            limits = rate_limits.get(name, RateLimitConfig())
+            lane = self.lanes.get(name)
+            if lane is None:
+                circuit = self.config.circuit
+                self.lanes[name] = _Lane(
+                    destination,
+                    RateLimiter(limits.per_second, limits.per_minute),
+                    CircuitBreaker(circuit.failures, circuit.cooldown, circuit.max_cooldown),
+                )
+                self.metrics.init_destination(name)
+            else:
+                lane.destination = destination
+                lane.limiter.resize(limits.per_second, limits.per_minute)
 
     @property
     def running(self) -> bool:
         return self._feeder is not None and not self._feeder.done()
+
+    def circuits(self) -> dict[str, str]:
+        """Circuit state per destination, for readiness output."""
+        return {name: lane.circuit.state.value for name, lane in self.lanes.items()}
 
     def start(self) -> None:
         self._feeder = asyncio.get_running_loop().create_task(self._feed(), name="outbox-feeder")
@@ -106,21 +153,69 @@ class Dispatcher:
                 await self._idle(IDLE_POLL_SECONDS)
 
     async def _feed_once(self) -> None:
-        free = self.config.workers - len(self._inflight)
-        claimed = await self.outbox.claim(free, LEASE_SECONDS) if free > 0 else []
-        for event in claimed:
-            task = asyncio.get_running_loop().create_task(self._deliver(event))
-            self._inflight.add(task)
-            task.add_done_callback(self._finished)
+        started_any = False
+        wake_at = self._clock() + IDLE_POLL_SECONDS
+        for name in await self.outbox.destinations():
+            free = self.config.workers - len(self._inflight)
+            if free <= 0:
+                break
+            lane = self.lanes.get(name)
+            if lane is None:
+                await self._park_unknown(name, free)
+                continue
+            now = self._clock()
+            budget = min(free, lane.limiter.available(now))
+            allowance = lane.circuit.allowance(now)
+            if allowance is not None:
+                budget = min(budget, allowance)
+            if budget <= 0:
+                later = (
+                    lane.circuit.open_until if lane.circuit.state is CircuitState.OPEN else lane.limiter.next_free(now)
+                )
+                wake_at = min(wake_at, max(later, now + 0.001))
+                continue
+            claim = await self.outbox.claim(name, budget, LEASE_SECONDS)
+            if len(claim.events) < budget:
+                # Nothing more is due for this lane now: wake when its next event is.
+                next_due = await self.outbox.next_due(name)
+                if next_due is not None:
+                    wake_at = min(wake_at, next_due)
+            if claim.coalesced:
+                self.metrics.coalesced.labels(name).inc(claim.coalesced)
+            for event in claim.expired:
+                self.metrics.dead_lettered.labels(name, "expired").inc()
+                log.error(
+                    "dead letter: %s %s to %s expired after %.0fs",
+                    event.event_status,
+                    event.alert_key,
+                    name,
+                    self.config.retry_horizon,
+                )
+            for event in claim.events:
+                lane.limiter.reserve()
+                lane.circuit.started()
+                self._spawn(lane, event)
+                started_any = True
         await self._refresh_stats()
-        if claimed and len(self._inflight) < self.config.workers:
+        if started_any and len(self._inflight) < self.config.workers:
             return  # there may be more due right away
-        wait = IDLE_POLL_SECONDS
-        if len(self._inflight) < self.config.workers:
-            next_due = await self.outbox.next_due()
-            if next_due is not None:
-                wait = min(wait, max(0.0, next_due - self._clock()))
-        await self._idle(wait)
+        # Lanes held back (429 pause, full window, open circuit) set wake_at from their own
+        # schedule, never from a backlog that is due but may not be sent: no busy polling.
+        await self._idle(max(0.0, wake_at - self._clock()))
+
+    def _spawn(self, lane: _Lane, event: Claimed) -> None:
+        task = asyncio.get_running_loop().create_task(self._deliver(lane, event))
+        self._inflight.add(task)
+        task.add_done_callback(self._finished)
+
+    async def _park_unknown(self, name: str, limit: int) -> None:
+        """Events stored for a destination this config no longer has: keep them visible, never drop them."""
+        # No coalescing here: every event of a retired destination stays visible.
+        claim = await self.outbox.claim(name, limit, LEASE_SECONDS, coalesce=False)
+        for event in claim.events:
+            await self.outbox.dead(event.id, UNKNOWN_DESTINATION, f"no destination {name!r} in the config", None)
+            self.metrics.dead_lettered.labels(name, UNKNOWN_DESTINATION).inc()
+            log.error("dead letter: %s %s for unknown destination %s", event.event_status, event.alert_key, name)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -130,36 +225,60 @@ class Dispatcher:
         if self._stopping:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+            await asyncio.wait_for(self._wake.wait(), timeout=min(seconds, IDLE_POLL_SECONDS))
         self._wake.clear()
 
     async def _refresh_stats(self) -> None:
+        now = self._clock()
         stats = await self.outbox.stats()
         self.metrics.outbox_depth.set(stats.pending)
         self.metrics.dead_letters.set(stats.dead)
         oldest = stats.oldest_pending_created_at
-        self.metrics.outbox_oldest_age.set(max(0.0, self._clock() - oldest) if oldest is not None else 0.0)
+        self.metrics.outbox_oldest_age.set(max(0.0, now - oldest) if oldest is not None else 0.0)
+        for name, lane in self.lanes.items():
+            lane.circuit.allowance(now)  # let an expired cool-down show as half-open
+            self.metrics.circuit_open.labels(name).set(0 if lane.circuit.state is CircuitState.CLOSED else 1)
+            for window, left in lane.limiter.headroom(now).items():
+                self.metrics.rate_limit_headroom.labels(name, window).set(left)
 
-    async def _deliver(self, event: Claimed) -> None:
+    async def _deliver(self, lane: _Lane, event: Claimed) -> None:
         try:
-            await self._attempt(event)
+            await self._attempt(lane, event)
         except Exception:
             # Recording the outcome failed (disk, I/O); the lease expires and the event is tried
             # again, so the worst case is a duplicate delivery, never a lost event.
             log.exception("recording the delivery of %r failed", event)
 
-    async def _attempt(self, event: Claimed) -> None:
-        destination = self.destinations.get(event.destination)
-        if destination is None:
-            # Stored for a destination this config no longer has: keep it visible, never drop it.
-            await self.outbox.dead(event.id, "unknown_destination", f"no destination {event.destination!r}", None)
-            self.metrics.dead_lettered.labels(event.destination, "unknown_destination").inc()
-            return
+    async def _attempt(self, lane: _Lane, event: Claimed) -> None:
+        destination = lane.destination
         started = time.perf_counter()
+        lane.limiter.stamp(self._clock())
         outcome = await destination.send(event.body)
         self.metrics.attempt_duration.labels(destination.name).observe(time.perf_counter() - started)
         self.metrics.attempts.labels(destination.name, outcome.verdict.value, outcome.code).inc()
+        self._pace(lane, outcome)
         await self._record(event, destination.name, outcome)
+
+    def _pace(self, lane: _Lane, outcome: Outcome) -> None:
+        """Feed the outcome to the destination's limiter and circuit breaker."""
+        now = self._clock()
+        if outcome.reason is Reason.RATE_LIMITED:
+            pause = min(outcome.retry_after or DEFAULT_429_PAUSE, self.config.retry_after_max)
+            lane.limiter.pause(now + pause)
+            self.metrics.rate_limited.labels(lane.destination.name).inc()
+            lane.circuit.neutral()
+        elif outcome.verdict is Verdict.RETRY:
+            if lane.circuit.failed(now):
+                log.warning(
+                    "circuit for %s opened after %d failures; probing again in %.0fs",
+                    lane.destination.name,
+                    lane.circuit.failures,
+                    lane.circuit.cooldown,
+                )
+        else:
+            if lane.circuit.state is not CircuitState.CLOSED:
+                log.info("circuit for %s closed: it answers again", lane.destination.name)
+            lane.circuit.succeeded()
 
     async def _record(self, event: Claimed, destination: str, outcome: Outcome) -> None:
         attempt = event.attempts + 1

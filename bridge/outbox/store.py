@@ -6,6 +6,17 @@ database work happens on one dedicated thread; concurrent ``put`` calls that
 arrive while a commit is running are committed together in the next transaction
 (group commit), so one fsync serves many webhook requests.
 
+Tables:
+
+* ``events``: every accepted event (pending, or dead with its reason). Delivered
+  events are deleted.
+* ``heads``: one row per ``(destination, alert_key)`` with pending events, naming
+  the oldest one. Only heads can be claimed, which is what makes delivery per key
+  strictly FIFO; claims scan heads (keys), never the whole backlog.
+* ``key_state``: per key, the digest of the last accepted event (to suppress
+  unchanged repeats) and the id of the last delivered one (so a replayed dead
+  letter never goes out after a newer event of its key).
+
 A lock file next to the database stops a second bridge process from using the
 same outbox, which would break the per-key order.
 """
@@ -19,13 +30,13 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,  -- commit order; per-key FIFO follows it
@@ -37,21 +48,48 @@ CREATE TABLE IF NOT EXISTS events (
     state           TEXT    NOT NULL DEFAULT 'pending', -- pending | dead
     attempts        INTEGER NOT NULL DEFAULT 0,
     created_at      REAL    NOT NULL,                   -- wall clock, Unix seconds
-    next_attempt_at REAL    NOT NULL,
-    lease_until     REAL    NOT NULL DEFAULT 0,         -- claimed by a worker until then
+    next_attempt_at REAL    NOT NULL,                   -- (schema 1; heads hold it now)
+    lease_until     REAL    NOT NULL DEFAULT 0,         -- (schema 1; heads hold it now)
     last_code       TEXT,
     last_error      TEXT,
     request_id      TEXT,
     dead_at         REAL
 );
 CREATE INDEX IF NOT EXISTS events_pending_by_key ON events (destination, alert_key, id) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS events_dead ON events (dead_at) WHERE state = 'dead';
+CREATE INDEX IF NOT EXISTS events_dead ON events (id) WHERE state = 'dead';
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_SCHEMA_2 = """
+CREATE INDEX IF NOT EXISTS events_pending ON events (id) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS heads (
+    destination     TEXT    NOT NULL,
+    alert_key       TEXT    NOT NULL,
+    event_id        INTEGER NOT NULL,   -- the oldest pending event of the key
+    priority        INTEGER NOT NULL,   -- of that event: see PRIORITY
+    next_attempt_at REAL    NOT NULL,
+    lease_until     REAL    NOT NULL DEFAULT 0,
+    PRIMARY KEY (destination, alert_key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS heads_by_priority ON heads (destination, priority, event_id);
+CREATE TABLE IF NOT EXISTS passthrough_keys (   -- keys that arrived in a sender's URL
+    destination     TEXT    PRIMARY KEY,
+    integration_key TEXT    NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS key_state (
+    destination     TEXT    NOT NULL,
+    alert_key       TEXT    NOT NULL,
+    accepted_digest TEXT,
+    accepted_at     REAL,
+    delivered_id    INTEGER,
+    delivered_at    REAL,
+    PRIMARY KEY (destination, alert_key)
+) WITHOUT ROWID;
+"""
 
-
-#: The oldest pending event of every (destination, alert_key): the only claimable ones.
-_HEADS = "SELECT MIN(id) AS id FROM events WHERE state = 'pending' GROUP BY destination, alert_key"
+#: Backlogs drain resolutions first, then by severity: an Ok closes an incident someone is
+#: looking at, and a Critical matters more than an Info.
+PRIORITY = {"Ok": 0, "Critical": 1, "Warning": 2, "Info": 3}
+_LOWEST = 4
 
 
 class OutboxUnavailable(Exception):
@@ -64,13 +102,19 @@ class OutboxFull(OutboxUnavailable):
 
 @dataclass(frozen=True, slots=True)
 class NewEvent:
-    """An event to commit; ``body`` is the exact JSON to send."""
+    """An event to commit; ``body`` is the exact JSON to send.
+
+    ``digest`` identifies what the event says (status, title, description, labels);
+    an event whose digest equals the last accepted one of its key within the
+    refresh interval is suppressed. Empty: never suppressed.
+    """
 
     destination: str
     alert_key: str
     source: str
     event_status: str
     body: str
+    digest: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,23 +134,62 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """Claimed events, plus what the claim cleaned up on the way (for metrics)."""
+
+    events: list[Claimed] = field(default_factory=list)
+    coalesced: int = 0  # intermediate firing states superseded by a newer one of the same key
+    expired: list[Claimed] = field(default_factory=list)  # pending longer than max_age: now dead letters
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxStats:
     pending: int
     dead: int
     oldest_pending_created_at: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Which dead letters an operation applies to; every given criterion must match."""
+
+    ids: tuple[int, ...] = ()
+    destination: str | None = None
+    code: str | None = None
+    older_than: float | None = None  # seconds since the event became a dead letter
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    replayed: list[int]
+    #: Not replayed: a newer event of the same key was delivered since, so the old one
+    #: would reopen or overwrite a newer state.
+    superseded: list[int]
+    #: Not replayed now: a newer event of the same key is being delivered; try again.
+    in_flight: list[int] = field(default_factory=list)
+
+
 class Outbox(Protocol):
-    """What the request handler and the dispatcher need from durable storage."""
+    """What the request handler, the dispatcher and the operator need from durable storage."""
 
-    async def put(self, events: Sequence[NewEvent]) -> None:
-        """Commit all events durably, in order, or none (raise :class:`OutboxUnavailable`)."""
+    async def put(self, events: Sequence[NewEvent]) -> list[bool]:
+        """Commit all events durably, in order, or none (raise :class:`OutboxUnavailable`).
 
-    async def claim(self, limit: int, lease_seconds: float) -> list[Claimed]:
-        """Lease up to ``limit`` due events, each the oldest pending event of its key."""
+        Returns, per event, whether it was stored (False: suppressed as an unchanged repeat).
+        """
+
+    async def destinations(self) -> list[str]:
+        """Destinations that have pending events."""
+
+    async def claim(self, destination: str, limit: int, lease_seconds: float, *, coalesce: bool = True) -> ClaimResult:
+        """Lease up to ``limit`` due events of ``destination``, each the oldest pending of its key.
+
+        With ``coalesce``, a firing head followed by a newer firing event of its key is skipped.
+        """
 
     async def delivered(self, event_id: int) -> None:
-        """The destination accepted the event: forget it."""
+        """The destination accepted the event: forget it, and let its key's next event go."""
 
     async def retry_later(self, event_id: int, at: float, code: str, error: str) -> None:
         """Keep the event at the head of its key; try again at ``at`` (Unix seconds)."""
@@ -114,10 +197,16 @@ class Outbox(Protocol):
     async def dead(self, event_id: int, code: str, error: str, request_id: str | None) -> None:
         """Park the event as a dead letter, kept with the reason for replay."""
 
-    async def next_due(self) -> float | None:
-        """When the next claimable event is due (Unix seconds), or None when nothing waits."""
+    async def next_due(self, destination: str | None = None) -> float | None:
+        """When the next claimable event (of ``destination``, or any) is due, or None when nothing waits."""
 
     async def stats(self) -> OutboxStats: ...
+
+    async def dead_letters(self, where: DeadLetterFilter) -> list[dict[str, Any]]: ...
+
+    async def replay(self, where: DeadLetterFilter, force: bool = False) -> ReplayResult: ...
+
+    async def purge(self, where: DeadLetterFilter) -> int: ...
 
     async def close(self) -> None: ...
 
@@ -125,17 +214,27 @@ class Outbox(Protocol):
 class SqliteOutbox:
     """The embedded outbox: one SQLite file under ``storage.path``."""
 
-    def __init__(self, directory: Path, *, max_pending: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_pending: int,
+        max_age: float | None = None,
+        refresh_interval: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.directory = directory
         self.path = directory / "outbox.sqlite3"
         self.max_pending = max_pending
+        self.max_age = max_age
+        self.refresh_interval = refresh_interval
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._pending = 0
         # Group commit: puts waiting for the next transaction, and whether one is running.
-        self._queued: list[tuple[Sequence[NewEvent], asyncio.Future[None]]] = []
+        self._queued: list[tuple[Sequence[NewEvent], asyncio.Future[list[bool]]]] = []
         self._committing = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -173,12 +272,24 @@ class SqliteOutbox:
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
         row = db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
-        if row is None:
-            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),))
-        elif int(row[0]) > _SCHEMA_VERSION:
-            raise OutboxUnavailable(f"{self.path} has schema {row[0]}, newer than this bridge ({_SCHEMA_VERSION})")
+        version = int(row[0]) if row else None
+        if version is not None and version > _SCHEMA_VERSION:
+            raise OutboxUnavailable(f"{self.path} has schema {version}, newer than this bridge ({_SCHEMA_VERSION})")
+        db.executescript(_SCHEMA_2)  # idempotent; executescript commits, so it runs before BEGIN
+        db.execute("BEGIN IMMEDIATE")
+        if version == 1:
+            # Schema 1 kept the schedule on events; build the heads from it.
+            db.execute(
+                "INSERT OR IGNORE INTO heads (destination, alert_key, event_id, priority, next_attempt_at)"
+                " SELECT e.destination, e.alert_key, e.id, CASE e.event_status WHEN 'Ok' THEN 0 WHEN 'Critical'"
+                " THEN 1 WHEN 'Warning' THEN 2 WHEN 'Info' THEN 3 ELSE 4 END, e.next_attempt_at FROM events e"
+                " JOIN (SELECT MIN(id) AS id FROM events WHERE state = 'pending' GROUP BY destination, alert_key) h"
+                " ON h.id = e.id"
+            )
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),))
         # Leases belong to workers of a previous process, which is gone (we hold the lock).
-        db.execute("UPDATE events SET lease_until = 0 WHERE lease_until > 0")
+        db.execute("UPDATE heads SET lease_until = 0 WHERE lease_until > 0")
+        db.execute("COMMIT")
         self._pending = db.execute("SELECT COUNT(*) FROM events WHERE state = 'pending'").fetchone()[0]
 
     async def close(self) -> None:
@@ -209,24 +320,38 @@ class SqliteOutbox:
             raise OutboxUnavailable("outbox is not open")
         return self._db
 
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(db)
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise OutboxUnavailable(f"outbox write failed: {exc}") from exc
+            raise
+        return result
+
     # -- receive path ----------------------------------------------------------------------
 
-    async def put(self, events: Sequence[NewEvent]) -> None:
+    async def put(self, events: Sequence[NewEvent]) -> list[bool]:
         if not events:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            return []
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
         self._queued.append((events, future))
         if not self._committing:
             self._committing = True
             asyncio.get_running_loop().create_task(self._commit_queued())
-        await future
+        return await future
 
     async def _commit_queued(self) -> None:
         try:
             while self._queued:
                 batch, self._queued = self._queued, []
                 try:
-                    accepted = await self._run(self._insert, [events for events, _ in batch])
+                    results = await self._run(self._insert, [events for events, _ in batch])
                 except Exception as exc:  # every waiter must hear about it, whatever it is
                     failure = (
                         exc if isinstance(exc, OutboxUnavailable) else OutboxUnavailable(f"outbox write failed: {exc}")
@@ -235,135 +360,340 @@ class SqliteOutbox:
                         if not future.done():
                             future.set_exception(failure)
                     continue
-                for (_, future), ok in zip(batch, accepted, strict=True):
+                for (_, future), stored in zip(batch, results, strict=True):
                     if future.done():
                         continue
-                    if ok:
-                        future.set_result(None)
-                    else:
+                    if stored is None:
                         future.set_exception(OutboxFull(f"outbox holds {self.max_pending} pending events"))
+                    else:
+                        future.set_result(stored)
         finally:
             self._committing = False
 
-    def _insert(self, requests: list[Sequence[NewEvent]]) -> list[bool]:
+    def _insert(self, requests: list[Sequence[NewEvent]]) -> list[list[bool] | None]:
         """Insert several requests' events in one transaction; each request all or nothing."""
-        db = self._conn()
         now = self._clock()
-        accepted = []
-        pending = self._pending
-        rows = []
-        for events in requests:
-            if pending + len(events) > self.max_pending:
-                accepted.append(False)
-                continue
-            accepted.append(True)
-            pending += len(events)
-            rows += [(e.destination, e.alert_key, e.source, e.event_status, e.body, now, now) for e in events]
-        if rows:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                db.executemany(
-                    "INSERT INTO events (destination, alert_key, source, event_status, body, created_at,"
-                    " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise OutboxUnavailable(f"outbox write failed: {exc}") from exc
-        self._pending = pending
-        return accepted
+
+        def work(db: sqlite3.Connection) -> tuple[list[list[bool] | None], int]:
+            results: list[list[bool] | None] = []
+            pending = self._pending
+            for events in requests:
+                if pending + len(events) > self.max_pending:
+                    results.append(None)
+                    continue
+                stored = [self._insert_one(db, event, now) for event in events]
+                pending += sum(stored)
+                results.append(stored)
+            return results, pending
+
+        results, self._pending = self._transaction(work)
+        return results
+
+    def _insert_one(self, db: sqlite3.Connection, event: NewEvent, now: float) -> bool:
+        key = (event.destination, event.alert_key)
+        if event.digest:
+            state = db.execute(
+                "SELECT accepted_digest, accepted_at FROM key_state WHERE destination = ? AND alert_key = ?", key
+            ).fetchone()
+            if state is not None and state[0] == event.digest and now - state[1] < self.refresh_interval:
+                return False
+        # Always recorded, even without a digest: the next event compares with *this* one.
+        db.execute(
+            "INSERT INTO key_state (destination, alert_key, accepted_digest, accepted_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO UPDATE SET accepted_digest = excluded.accepted_digest,"
+            " accepted_at = excluded.accepted_at",
+            (*key, event.digest, now),
+        )
+        cursor = db.execute(
+            "INSERT INTO events (destination, alert_key, source, event_status, body, created_at, next_attempt_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (*key, event.source, event.event_status, event.body, now, now),
+        )
+        db.execute(
+            "INSERT OR IGNORE INTO heads (destination, alert_key, event_id, priority, next_attempt_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (*key, cursor.lastrowid, PRIORITY.get(event.event_status, _LOWEST), now),
+        )
+        return True
+
+    async def save_passthrough_key(self, destination: str, integration_key: str) -> None:
+        """Remember a key from a sender's URL, so its queued events can be delivered after a restart."""
+        await self._run(
+            lambda: self._conn().execute(
+                "INSERT OR IGNORE INTO passthrough_keys VALUES (?, ?)", (destination, integration_key)
+            )
+        )
+
+    async def passthrough_keys(self) -> dict[str, str]:
+        rows = await self._run(lambda: self._conn().execute("SELECT * FROM passthrough_keys").fetchall())
+        return {row[0]: row[1] for row in rows}
 
     # -- delivery path ---------------------------------------------------------------------
 
-    async def claim(self, limit: int, lease_seconds: float) -> list[Claimed]:
-        return await self._run(self._claim, limit, lease_seconds)
+    async def destinations(self) -> list[str]:
+        return await self._run(self._destinations)
 
-    def _claim(self, limit: int, lease_seconds: float) -> list[Claimed]:
-        db = self._conn()
+    def _destinations(self) -> list[str]:
+        return [row[0] for row in self._conn().execute("SELECT DISTINCT destination FROM heads")]
+
+    async def claim(self, destination: str, limit: int, lease_seconds: float, *, coalesce: bool = True) -> ClaimResult:
+        return await self._run(self._claim, destination, limit, lease_seconds, coalesce)
+
+    def _claim(self, destination: str, limit: int, lease_seconds: float, coalesce: bool = True) -> ClaimResult:
         now = self._clock()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            rows = db.execute(
-                f"""
-                SELECT e.id, e.destination, e.alert_key, e.event_status, e.body, e.attempts, e.created_at
-                FROM events e JOIN ({_HEADS}) head ON head.id = e.id
-                WHERE e.next_attempt_at <= ? AND e.lease_until <= ?
-                ORDER BY e.id
-                LIMIT ?
-                """,
-                (now, now, limit),
-            ).fetchall()
-            db.executemany(
-                "UPDATE events SET lease_until = ? WHERE id = ?", [(now + lease_seconds, row[0]) for row in rows]
+
+        def work(db: sqlite3.Connection) -> ClaimResult:
+            result = ClaimResult()
+            coalesced = 0
+            while len(result.events) < limit:
+                rows = db.execute(
+                    "SELECT e.id, e.destination, e.alert_key, e.event_status, e.body, e.attempts, e.created_at"
+                    " FROM heads h JOIN events e ON e.id = h.event_id"
+                    " WHERE h.destination = ? AND h.next_attempt_at <= ? AND h.lease_until <= ?"
+                    " ORDER BY h.priority, h.event_id LIMIT ?",
+                    (destination, now, now, limit - len(result.events)),
+                ).fetchall()
+                if not rows:
+                    break
+                for row in rows:
+                    event = Claimed(*row)
+                    if self.max_age is not None and now - event.created_at > self.max_age:
+                        message = f"undelivered after {self.max_age:.0f}s"
+                        self._park(db, event.id, "expired", message, None, now, attempted=False)
+                        result.expired.append(event)
+                        continue
+                    if coalesce and event.event_status != "Ok" and self._next_is_firing(db, event):
+                        # A newer firing state of the same key is queued behind this one: send
+                        # that instead. Ok events are never superseded, so none is ever lost.
+                        db.execute("DELETE FROM events WHERE id = ?", (event.id,))
+                        self._pending -= 1
+                        self._advance(db, event.destination, event.alert_key, now)
+                        coalesced += 1
+                        continue
+                    db.execute(
+                        "UPDATE heads SET lease_until = ? WHERE destination = ? AND alert_key = ?",
+                        (now + lease_seconds, event.destination, event.alert_key),
+                    )
+                    result.events.append(event)
+            return ClaimResult(result.events, coalesced, result.expired)
+
+        return self._transaction(work)
+
+    def _next_is_firing(self, db: sqlite3.Connection, event: Claimed) -> bool:
+        row = db.execute(
+            "SELECT event_status FROM events WHERE destination = ? AND alert_key = ? AND state = 'pending' AND id > ?"
+            " ORDER BY id LIMIT 1",
+            (event.destination, event.alert_key, event.id),
+        ).fetchone()
+        return row is not None and row[0] != "Ok"
+
+    def _advance(self, db: sqlite3.Connection, destination: str, alert_key: str, now: float) -> None:
+        """Make the key's oldest pending event its head (the old head is no longer pending), or drop the head."""
+        row = db.execute(
+            "SELECT id, event_status FROM events WHERE destination = ? AND alert_key = ? AND state = 'pending'"
+            " ORDER BY id LIMIT 1",
+            (destination, alert_key),
+        ).fetchone()
+        if row is None:
+            db.execute("DELETE FROM heads WHERE destination = ? AND alert_key = ?", (destination, alert_key))
+        else:
+            db.execute(
+                "UPDATE heads SET event_id = ?, priority = ?, next_attempt_at = ?, lease_until = 0"
+                " WHERE destination = ? AND alert_key = ?",
+                (row[0], PRIORITY.get(row[1], _LOWEST), now, destination, alert_key),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return [Claimed(*row) for row in rows]
+
+    def _key_of(self, db: sqlite3.Connection, event_id: int) -> tuple[str, str] | None:
+        row = db.execute(
+            "SELECT destination, alert_key FROM events WHERE id = ? AND state = 'pending'", (event_id,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
 
     async def delivered(self, event_id: int) -> None:
         await self._run(self._delivered, event_id)
 
     def _delivered(self, event_id: int) -> None:
-        cursor = self._conn().execute("DELETE FROM events WHERE id = ? AND state = 'pending'", (event_id,))
-        self._pending -= cursor.rowcount
+        now = self._clock()
+
+        def work(db: sqlite3.Connection) -> None:
+            key = self._key_of(db, event_id)
+            if key is None:
+                return
+            db.execute("DELETE FROM events WHERE id = ?", (event_id,))
+            self._pending -= 1
+            db.execute(
+                "INSERT INTO key_state (destination, alert_key, delivered_id, delivered_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET delivered_id = excluded.delivered_id, delivered_at = excluded.delivered_at",
+                (*key, event_id, now),
+            )
+            self._advance(db, *key, now)
+
+        self._transaction(work)
 
     async def retry_later(self, event_id: int, at: float, code: str, error: str) -> None:
         await self._run(self._retry_later, event_id, at, code, error)
 
     def _retry_later(self, event_id: int, at: float, code: str, error: str) -> None:
-        self._conn().execute(
-            "UPDATE events SET attempts = attempts + 1, next_attempt_at = ?, lease_until = 0, last_code = ?,"
-            " last_error = ? WHERE id = ?",
-            (at, code, error, event_id),
-        )
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE events SET attempts = attempts + 1, last_code = ?, last_error = ? WHERE id = ?",
+                (code, error, event_id),
+            )
+            db.execute(
+                "UPDATE heads SET next_attempt_at = ?, lease_until = 0 WHERE event_id = ?"
+                " AND (destination, alert_key) = (SELECT destination, alert_key FROM events WHERE id = ?)",
+                (at, event_id, event_id),
+            )
+
+        self._transaction(work)
 
     async def dead(self, event_id: int, code: str, error: str, request_id: str | None) -> None:
         await self._run(self._dead, event_id, code, error, request_id)
 
     def _dead(self, event_id: int, code: str, error: str, request_id: str | None) -> None:
-        cursor = self._conn().execute(
-            "UPDATE events SET state = 'dead', attempts = attempts + 1, lease_until = 0, last_code = ?,"
-            " last_error = ?, request_id = ?, dead_at = ? WHERE id = ? AND state = 'pending'",
-            (code, error, request_id, self._clock(), event_id),
+        now = self._clock()
+        self._transaction(lambda db: self._park(db, event_id, code, error, request_id, now))
+
+    def _park(
+        self,
+        db: sqlite3.Connection,
+        event_id: int,
+        code: str,
+        error: str,
+        request_id: str | None,
+        now: float,
+        *,
+        attempted: bool = True,
+    ) -> None:
+        key = self._key_of(db, event_id)
+        if key is None:
+            return
+        db.execute(
+            "UPDATE events SET state = 'dead', attempts = attempts + ?, last_code = ?, last_error = ?,"
+            " request_id = ?, dead_at = ? WHERE id = ?",
+            (int(attempted), code, error, request_id, now, event_id),
         )
-        self._pending -= cursor.rowcount
+        self._pending -= 1
+        self._advance(db, *key, now)
+
+    async def next_due(self, destination: str | None = None) -> float | None:
+        return await self._run(self._next_due, destination)
+
+    def _next_due(self, destination: str | None) -> float | None:
+        where, args = ("WHERE destination = ?", (destination,)) if destination is not None else ("", ())
+        row = self._conn().execute(f"SELECT MIN(MAX(next_attempt_at, lease_until)) FROM heads {where}", args).fetchone()
+        return None if row[0] is None else float(row[0])
 
     async def stats(self) -> OutboxStats:
         return await self._run(self._stats)
 
     def _stats(self) -> OutboxStats:
         db = self._conn()
-        oldest = db.execute("SELECT MIN(created_at) FROM events WHERE state = 'pending'").fetchone()[0]
+        oldest = db.execute(
+            "SELECT created_at FROM events WHERE id = (SELECT MIN(id) FROM events WHERE state = 'pending')"
+        ).fetchone()
         dead = db.execute("SELECT COUNT(*) FROM events WHERE state = 'dead'").fetchone()[0]
-        return OutboxStats(pending=self._pending, dead=dead, oldest_pending_created_at=oldest)
+        return OutboxStats(pending=self._pending, dead=dead, oldest_pending_created_at=oldest[0] if oldest else None)
 
-    async def next_due(self) -> float | None:
-        return await self._run(self._next_due)
+    # -- dead letters ---------------------------------------------------------------------
 
-    def _next_due(self) -> float | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT MIN(MAX(e.next_attempt_at, e.lease_until))"
-                f" FROM events e JOIN ({_HEADS}) head ON head.id = e.id"
-            )
-            .fetchone()
-        )
-        return None if row[0] is None else float(row[0])
+    def _dead_where(self, where: DeadLetterFilter) -> tuple[str, list[Any]]:
+        clauses: list[str] = ["state = 'dead'"]
+        args: list[Any] = []
+        if where.ids:
+            clauses.append(f"id IN ({', '.join('?' * len(where.ids))})")
+            args += list(where.ids)
+        if where.destination is not None:
+            clauses.append("destination = ?")
+            args.append(where.destination)
+        if where.code is not None:
+            clauses.append("last_code = ?")
+            args.append(where.code)
+        if where.older_than is not None:
+            clauses.append("dead_at <= ?")
+            args.append(self._clock() - where.older_than)
+        return " AND ".join(clauses), args
 
-    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest dead letters with their reason, for the operator."""
-        return await self._run(self._dead_letters, limit)
+    async def dead_letters(self, where: DeadLetterFilter) -> list[dict[str, Any]]:
+        """Dead letters matching ``where``, oldest first, with their reason."""
+        return await self._run(self._dead_letters, where)
 
-    def _dead_letters(self, limit: int) -> list[dict[str, Any]]:
+    def _dead_letters(self, where: DeadLetterFilter) -> list[dict[str, Any]]:
+        condition, args = self._dead_where(where)
         cursor = self._conn().execute(
             "SELECT id, destination, alert_key, source, event_status, body, attempts, created_at, dead_at,"
-            " last_code, last_error, request_id FROM events WHERE state = 'dead' ORDER BY id DESC LIMIT ?",
-            (limit,),
+            f" last_code, last_error, request_id FROM events WHERE {condition} ORDER BY id LIMIT ?",
+            (*args, where.limit),
         )
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    async def replay(self, where: DeadLetterFilter, force: bool = False) -> ReplayResult:
+        """Queue dead letters again, in their original per-key order.
+
+        A dead letter whose key has had a newer event delivered since is left parked
+        (``superseded``) unless ``force``: sending it now would put an old state back.
+        """
+        return await self._run(self._replay, where, force)
+
+    def _replay(self, where: DeadLetterFilter, force: bool) -> ReplayResult:
+        now = self._clock()
+
+        def work(db: sqlite3.Connection) -> ReplayResult:
+            condition, args = self._dead_where(where)
+            rows = db.execute(
+                f"SELECT id, destination, alert_key, event_status FROM events WHERE {condition} ORDER BY id LIMIT ?",
+                (*args, where.limit),
+            ).fetchall()
+            replayed, superseded, in_flight = [], [], []
+            for event_id, destination, alert_key, status in rows:
+                head = db.execute(
+                    "SELECT event_id, lease_until FROM heads WHERE destination = ? AND alert_key = ?",
+                    (destination, alert_key),
+                ).fetchone()
+                if head is not None and head[0] > event_id and head[1] > now:
+                    # A newer event of the key is on the wire: it can no longer be overtaken.
+                    in_flight.append(event_id)
+                    continue
+                state = db.execute(
+                    "SELECT delivered_id FROM key_state WHERE destination = ? AND alert_key = ?",
+                    (destination, alert_key),
+                ).fetchone()
+                if not force and state is not None and state[0] is not None and state[0] > event_id:
+                    superseded.append(event_id)
+                    continue
+                db.execute(
+                    "UPDATE events SET state = 'pending', attempts = 0, dead_at = NULL WHERE id = ?", (event_id,)
+                )
+                self._pending += 1
+                # The replayed event is older than anything pending for its key, or it is alone.
+                db.execute(
+                    "INSERT INTO heads (destination, alert_key, event_id, priority, next_attempt_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET event_id = excluded.event_id,"
+                    " priority = excluded.priority, next_attempt_at = excluded.next_attempt_at, lease_until = 0"
+                    " WHERE excluded.event_id < heads.event_id",
+                    (destination, alert_key, event_id, PRIORITY.get(status, _LOWEST), now),
+                )
+                replayed.append(event_id)
+            return ReplayResult(replayed, superseded, in_flight)
+
+        return self._transaction(work)
+
+    async def purge(self, where: DeadLetterFilter) -> int:
+        """Delete dead letters for good; returns how many."""
+        return await self._run(self._purge, where)
+
+    def _purge(self, where: DeadLetterFilter) -> int:
+        condition, args = self._dead_where(where)
+
+        def work(db: sqlite3.Connection) -> int:
+            ids = [
+                row[0]
+                for row in db.execute(
+                    f"SELECT id FROM events WHERE {condition} ORDER BY id LIMIT ?", (*args, where.limit)
+                )
+            ]
+            db.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in ids])
+            return len(ids)
+
+        return self._transaction(work)

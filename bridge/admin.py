@@ -1,0 +1,138 @@
+"""The admin HTTP API: dead letters (list, show, replay, purge).
+
+Every call needs ``Authorization: Bearer <admin.token>``; without a configured token
+the API is disabled (403). Dead letters hold alert content, and replay and purge
+change what reaches Flashduty, so none of this is open like ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from bridge.config import Duration
+from bridge.outbox.store import DeadLetterFilter
+from bridge.responses import envelope
+from bridge.sources import describe_validation_error
+
+if TYPE_CHECKING:
+    from bridge.app import Bridge
+
+
+class Selection(BaseModel):
+    """Which dead letters a replay or purge applies to (JSON body or query string)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ids: tuple[int, ...] = ()
+    destination: str | None = None
+    code: str | None = None
+    older_than: Duration | None = None
+    limit: int = Field(1000, ge=1, le=100_000)
+    #: Replay even when a newer event of the same key was delivered since.
+    force: bool = False
+    #: Purge needs at least one criterion, or this, so an empty body never deletes everything.
+    all: bool = False
+
+    def to_filter(self) -> DeadLetterFilter:
+        return DeadLetterFilter(self.ids, self.destination, self.code, self.older_than, self.limit)
+
+    @property
+    def narrowed(self) -> bool:
+        return bool(self.ids or self.destination or self.code or self.older_than is not None)
+
+
+def _authorise(request: Request) -> tuple[Bridge, Response | None]:
+    bridge: Bridge = request.app.state.bridge
+    token = bridge.config.admin.token.get_secret_value()
+    request_id = uuid.uuid4().hex
+    if not token:
+        return bridge, envelope(403, request_id, code="AccessDenied", message="admin API disabled: set admin.token")
+    presented = request.headers.get("authorization", "")
+    scheme, _, credential = presented.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), token.encode()):
+        return bridge, envelope(401, request_id, code="Unauthorized", message="missing or wrong bearer token")
+    return bridge, None
+
+
+async def _selection(request: Request) -> Selection:
+    if request.method == "GET":
+        query: dict[str, Any] = dict(request.query_params)
+        if "ids" in query:
+            query["ids"] = tuple(part for part in str(query["ids"]).split(",") if part)
+        return Selection.model_validate(query)
+    raw = await request.body()
+    return Selection.model_validate_json(raw or b"{}")
+
+
+async def _with_selection(request: Request) -> tuple[Bridge, Selection | None, Response | None]:
+    bridge, denied = _authorise(request)
+    if denied is not None:
+        return bridge, None, denied
+    try:
+        return bridge, await _selection(request), None
+    except ValidationError as exc:
+        message = describe_validation_error(exc)
+        return bridge, None, envelope(400, uuid.uuid4().hex, code="InvalidParameter", message=message)
+
+
+async def list_dead_letters(request: Request) -> Response:
+    """``GET /api/v1/dead-letters?destination=&code=&older_than=&ids=&limit=``"""
+    bridge, selection, problem = await _with_selection(request)
+    if problem is not None or selection is None:
+        return problem or envelope(500, uuid.uuid4().hex, code="InternalError")
+    rows = await bridge.outbox.dead_letters(selection.to_filter())
+    return envelope(200, uuid.uuid4().hex, data={"dead_letters": rows})
+
+
+async def show_dead_letter(request: Request) -> Response:
+    """``GET /api/v1/dead-letters/{id}``"""
+    bridge, denied = _authorise(request)
+    if denied is not None:
+        return denied
+    event_id = int(request.path_params["id"])
+    rows = await bridge.outbox.dead_letters(DeadLetterFilter(ids=(event_id,), limit=1))
+    if not rows:
+        return envelope(404, uuid.uuid4().hex, code="ResourceNotFound", message=f"no dead letter {event_id}")
+    return envelope(200, uuid.uuid4().hex, data=rows[0])
+
+
+async def replay_dead_letters(request: Request) -> Response:
+    """``POST /api/v1/dead-letters/replay`` with a :class:`Selection` body."""
+    bridge, selection, problem = await _with_selection(request)
+    if problem is not None or selection is None:
+        return problem or envelope(500, uuid.uuid4().hex, code="InternalError")
+    result = await bridge.outbox.replay(selection.to_filter(), force=selection.force)
+    bridge.metrics.replayed.inc(len(result.replayed))
+    bridge.dispatcher.wake()
+    return envelope(
+        200,
+        uuid.uuid4().hex,
+        data={"replayed": result.replayed, "superseded": result.superseded, "in_flight": result.in_flight},
+    )
+
+
+async def purge_dead_letters(request: Request) -> Response:
+    """``POST /api/v1/dead-letters/purge`` with a :class:`Selection` body (``all: true`` for everything)."""
+    bridge, selection, problem = await _with_selection(request)
+    if problem is not None or selection is None:
+        return problem or envelope(500, uuid.uuid4().hex, code="InternalError")
+    if not selection.narrowed and not selection.all:
+        message = "give ids, destination, code or older_than, or all: true to purge every dead letter"
+        return envelope(400, uuid.uuid4().hex, code="InvalidParameter", message=message)
+    purged = await bridge.outbox.purge(selection.to_filter())
+    return envelope(200, uuid.uuid4().hex, data={"purged": purged})
+
+
+routes = [
+    Route("/api/v1/dead-letters", list_dead_letters, methods=["GET"]),
+    Route("/api/v1/dead-letters/{id:int}", show_dead_letter, methods=["GET"]),
+    Route("/api/v1/dead-letters/replay", replay_dead_letters, methods=["POST"]),
+    Route("/api/v1/dead-letters/purge", purge_dead_letters, methods=["POST"]),
+]

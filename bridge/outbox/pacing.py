@@ -1,0 +1,155 @@
+"""Pacing per destination: Flashduty's rate limits, and a circuit breaker.
+
+Flashduty allows 100 requests/s and 1000 requests/min per integration key, and
+answers 429 beyond either. :class:`RateLimiter` keeps a log of send times and
+admits a request only while both windows have room, so in steady state the bridge
+never provokes a 429. A request is *reserved* when it is admitted and *stamped*
+when it actually leaves, since the two can be tens of milliseconds apart on a busy
+event loop. The windows are a little longer than a second and a minute
+(``SECOND_MARGIN``, ``MINUTE_MARGIN``) because Flashduty counts arrivals, not sends,
+and two requests sent one window apart can arrive closer together than that.
+
+:class:`CircuitBreaker` stops hammering a destination that keeps failing: after
+``threshold`` consecutive retryable failures it opens for a cool-down (doubling up
+to a cap), then lets one probe through (half-open); a success closes it.
+
+Both take the time as an argument, so tests drive them with a fake clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+
+#: Seconds added to each window: 1.1 s and 61 s instead of 1 s and 60 s.
+SECOND_MARGIN = 0.1
+MINUTE_MARGIN = 1.0
+_EPSILON = 1e-6
+
+
+class RateLimiter:
+    """Sliding-window admission for one integration key (both windows must have room)."""
+
+    def __init__(self, per_second: int, per_minute: int) -> None:
+        self.windows = ((1.0 + SECOND_MARGIN, per_second), (60.0 + MINUTE_MARGIN, per_minute))
+        self._sent: deque[float] = deque()
+        self._reserved = 0  # admitted, not sent yet: they count against both windows
+        self._paused_until = 0.0
+
+    def resize(self, per_second: int, per_minute: int) -> None:
+        """New limits (reload), keeping the log of what was sent."""
+        self.windows = ((1.0 + SECOND_MARGIN, per_second), (60.0 + MINUTE_MARGIN, per_minute))
+
+    def _trim(self, now: float) -> None:
+        longest = self.windows[-1][0]
+        while self._sent and self._sent[0] <= now - longest:
+            self._sent.popleft()
+
+    def _count(self, now: float, length: float) -> int:
+        count = 0
+        for sent in reversed(self._sent):
+            if sent <= now - length:
+                break
+            count += 1
+        return count
+
+    def available(self, now: float) -> int:
+        """How many requests may start now."""
+        if now < self._paused_until:
+            return 0
+        self._trim(now)
+        return max(0, min(limit - self._count(now, length) - self._reserved for length, limit in self.windows))
+
+    def next_free(self, now: float) -> float:
+        """The earliest time a request may start (``now`` if one may start now)."""
+        self._trim(now)
+        ready = max(now, self._paused_until)
+        for length, limit in self.windows:
+            in_window = [sent for sent in self._sent if sent > now - length]
+            room = limit - self._reserved
+            if room <= 0:
+                return max(ready, now + length)  # reserved requests are about to be stamped; look again then
+            if len(in_window) >= room:
+                # Room appears when the oldest request that fills the window leaves it (a hair after,
+                # so float rounding in ``now - length`` cannot leave it counted at that instant).
+                ready = max(ready, in_window[len(in_window) - room] + length + _EPSILON)
+        return ready
+
+    def reserve(self) -> None:
+        """A request was admitted; it counts until :meth:`stamp` records when it left."""
+        self._reserved += 1
+
+    def stamp(self, now: float) -> None:
+        """The reserved request is being sent now."""
+        self._reserved = max(0, self._reserved - 1)
+        self._sent.append(now)
+
+    def take(self, now: float) -> None:
+        """Admit and send at once (reserve and stamp)."""
+        self.reserve()
+        self.stamp(now)
+
+    def pause(self, until: float) -> None:
+        """Flashduty said 429: send nothing to this key before ``until``."""
+        self._paused_until = max(self._paused_until, until)
+
+    def headroom(self, now: float) -> dict[str, int]:
+        """Requests left in each window now, for metrics."""
+        self._trim(now)
+        (second, per_second), (minute, per_minute) = self.windows
+        used_second, used_minute = self._count(now, second) + self._reserved, self._count(now, minute) + self._reserved
+        return {"second": per_second - used_second, "minute": per_minute - used_minute}
+
+
+class CircuitState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Stop sending to a destination that keeps failing; probe until it recovers."""
+
+    def __init__(self, threshold: int, cooldown: float, max_cooldown: float) -> None:
+        self.threshold = threshold
+        self.base_cooldown = cooldown
+        self.max_cooldown = max_cooldown
+        self.state = CircuitState.CLOSED
+        self.failures = 0
+        self.cooldown = cooldown
+        self.open_until = 0.0
+        self.probing = False
+
+    def allowance(self, now: float) -> int | None:
+        """How many attempts may start now: None for no limit, 0 while open, 1 to probe."""
+        if self.state is CircuitState.OPEN and now >= self.open_until:
+            self.state = CircuitState.HALF_OPEN
+        if self.state is CircuitState.CLOSED:
+            return None
+        if self.state is CircuitState.OPEN or self.probing:
+            return 0
+        return 1
+
+    def started(self) -> None:
+        if self.state is CircuitState.HALF_OPEN:
+            self.probing = True
+
+    def succeeded(self) -> None:
+        self.state, self.failures, self.cooldown, self.probing = CircuitState.CLOSED, 0, self.base_cooldown, False
+
+    def failed(self, now: float) -> bool:
+        """Record a retryable failure; True when this opened the circuit."""
+        self.failures += 1
+        was_half_open = self.state is CircuitState.HALF_OPEN
+        self.probing = False
+        if was_half_open or (self.state is CircuitState.CLOSED and self.failures >= self.threshold):
+            if was_half_open:
+                self.cooldown = min(self.cooldown * 2, self.max_cooldown)
+            self.state = CircuitState.OPEN
+            self.open_until = now + self.cooldown
+            return not was_half_open
+        return False
+
+    def neutral(self) -> None:
+        """An attempt ended without telling whether the destination is healthy (e.g. rejected)."""
+        self.probing = False

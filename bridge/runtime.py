@@ -1,0 +1,82 @@
+"""What a configuration reload swaps: destinations, routes, mapping.
+
+:func:`build` turns a validated :class:`~bridge.config.Config` into a
+:class:`Runtime`. It reads key files, so a missing or empty Secret is a
+:class:`~bridge.config.ConfigError` at ``check-config``, at start and at reload,
+never a surprise at delivery time. A request handler takes the current runtime
+once, at its start, and finishes on it even if a reload happens meanwhile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from bridge.config import DEFAULT_DESTINATION, Config, ConfigError, RateLimitConfig
+from bridge.destinations import Destination
+from bridge.destinations.flashduty import DryRunDestination, FlashdutyDestination
+from bridge.mapping import Mapper
+from bridge.metrics import Metrics
+from bridge.routing import Router
+
+
+@dataclass(frozen=True)
+class Runtime:
+    config: Config
+    router: Router
+    mapper: Mapper
+    destinations: dict[str, Destination]
+    rate_limits: dict[str, RateLimitConfig]
+
+
+def integration_keys(config: Config) -> dict[str, str]:
+    """Every configured destination's key, reading key files now; raises ConfigError listing all problems."""
+    keys: dict[str, str] = {}
+    problems: list[str] = []
+    if not config.flashduty.dry_run:
+        keys[DEFAULT_DESTINATION] = config.flashduty.integration_key.get_secret_value()
+    for name, destination in config.destinations.items():
+        if destination.integration_key_file is None:
+            keys[name] = destination.integration_key.get_secret_value()
+            continue
+        try:
+            key = destination.integration_key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            problems.append(
+                f"destinations.{name}.integration_key_file: cannot read {destination.integration_key_file}: {reason}"
+            )
+            continue
+        if not key:
+            problems.append(f"destinations.{name}.integration_key_file: {destination.integration_key_file} is empty")
+            continue
+        keys[name] = key
+    if problems:
+        raise ConfigError("destinations", problems)
+    return keys
+
+
+def build(config: Config, metrics: Metrics, http: httpx.AsyncClient) -> Runtime:
+    """Destinations, router and mapper for ``config`` (raises ConfigError for unreadable keys)."""
+    keys = integration_keys(config)
+    destinations: dict[str, Destination] = {}
+    rate_limits: dict[str, RateLimitConfig] = {}
+    if config.dry_run:
+        destinations[DEFAULT_DESTINATION] = DryRunDestination(DEFAULT_DESTINATION)
+    for name, key in keys.items():
+        settings = config.destinations.get(name)
+        url = (settings.url if settings else None) or config.flashduty.url
+        destinations[name] = FlashdutyDestination(name, url, key, http, config.flashduty.timeout)
+        rate_limits[name] = (settings.rate_limit if settings else None) or config.flashduty.rate_limit
+    return Runtime(config, Router(config), Mapper(config.alertmanager, metrics), destinations, rate_limits)
+
+
+def passthrough(config: Config, name: str, key: str, http: httpx.AsyncClient) -> FlashdutyDestination:
+    """A destination for a key that arrived in a sender's URL."""
+    return FlashdutyDestination(name, config.flashduty.url, key, http, config.flashduty.timeout)
+
+
+def secrets(keys: dict[str, str]) -> list[str]:
+    """Values the log filter must scrub."""
+    return [key for key in keys.values() if key]
