@@ -684,7 +684,8 @@ def run_image_command(tmp_path: Path, bin_dir: Path, *, read_only: bool) -> None
     proc = Proc([*wrapper, *argv], log, env=env)  # unshare, sh and env exec: the PID is the bridge's
     try:
         proc.wait_http(f"http://{LOOPBACK}:{port}/-/ready", timeout=30)
-        assert httpx.get(f"http://{LOOPBACK}:{port}/-/ready").json() == {"status": "ready", "dry_run": True}
+        ready = httpx.get(f"http://{LOOPBACK}:{port}/-/ready").json()
+        assert (ready["status"], ready["dry_run"]) == ("ready", True)
 
         options, healthcheck = final.healthcheck or ({}, [])
         probe = [arg.replace(f":{image_port}/", f":{port}/") for arg in healthcheck]
