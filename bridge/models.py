@@ -13,6 +13,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 AlertStatus = Literal["firing", "resolved"]
+#: What kind of condition an alert reports, for senders that tell them apart (Grafana):
+#: ``nodata``/``error`` mean the rule could not be evaluated (the data is missing or the
+#: query failed), not that its condition is met; ``test`` is a "Test" button notification.
+AlertKind = Literal["alerting", "nodata", "error", "test"]
 EventStatus = Literal["Critical", "Warning", "Info", "Ok"]
 
 
@@ -28,6 +32,25 @@ class Alert:
     starts_at: datetime | None = None
     ends_at: datetime | None = None
     generator_url: str = ""
+    #: ``alerting`` for every sender that does not distinguish (Alertmanager).
+    kind: AlertKind = "alerting"
+    #: The rule's own name when the sender reports it apart from ``alertname`` (Grafana's
+    #: ``DatasourceNoData`` alerts carry the real rule in ``rulename``); empty when unknown.
+    rule_name: str = ""
+    #: Extra links by role (``silence``, ``dashboard``, ``panel``), absolute URLs as sent;
+    #: the source link stays in ``generator_url``.
+    links: dict[str, str] = field(default_factory=dict)
+    #: Screenshot URLs, as sent (candidates for Flashduty ``images``, whose ``src`` is limited).
+    images: tuple[str, ...] = ()
+    #: Query values that caused the alert by reference (Grafana ``values``: refID → number).
+    values: dict[str, float] = field(default_factory=dict)
+    #: The sender's own one-line rendering of the values (Grafana ``valueString``).
+    value_string: str = ""
+
+    @property
+    def is_test(self) -> bool:
+        """A sender's test notification: worth delivering, not worth paging anyone for."""
+        return self.kind == "test"
 
     def __repr__(self) -> str:
         name = self.labels.get("alertname", "?")

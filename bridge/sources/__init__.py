@@ -24,3 +24,16 @@ def describe_validation_error(error: ValidationError, limit: int = 5) -> str:
     if more > 0:
         parts.append(f"and {more} more")
     return "; ".join(parts)
+
+
+class Skipped(Exception):
+    """A valid body that the bridge deliberately does not forward.
+
+    The handler answers 2xx (the sender did nothing wrong and must not retry) and counts
+    ``reason``, a value from a small closed set that is safe as a metric label.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
