@@ -599,12 +599,6 @@ async def test_feeder_sleeps_while_the_destination_is_held_back(h: Harness, held
     assert h.outbox.passes - before <= 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge/outbox/dispatcher.py _feed_once: a half-open circuit whose probe is running has allowance 0 but"
-    " state HALF_OPEN, so 'later' is limiter.next_free(now) == now and wake_at = now + 1 ms: the feeder polls the"
-    " outbox every millisecond until the probe ends (its end wakes the feeder anyway)",
-)
 async def test_feeder_sleeps_while_a_half_open_probe_is_in_flight(h: Harness) -> None:
     """While the single probe of a half-open circuit runs, the feeder idles though workers are free and events due."""
     await h.put(("k0", "fail-0"), ("k1", "fail-1"), ("k2", "probe"), ("k3", "waiting"))
@@ -789,11 +783,6 @@ async def test_every_event_for_an_unknown_destination_is_kept_as_a_dead_letter(h
     assert sorted(d["body"] for d in letters) == ["orphan-1", "orphan-2"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge/outbox/dispatcher.py _feed_once: after _park_unknown nothing lowers wake_at or wakes the feeder,"
-    " so a retired destination's backlog is parked one event per key per IDLE_POLL_SECONDS",
-)
 async def test_a_retired_destinations_backlog_is_parked_without_waiting_for_idle_polls(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -162,6 +162,7 @@ class Dispatcher:
             lane = self.lanes.get(name)
             if lane is None:
                 await self._park_unknown(name, free)
+                wake_at = self._clock()  # the rest of that backlog can be parked right away
                 continue
             now = self._clock()
             budget = min(free, lane.limiter.available(now))
@@ -169,6 +170,8 @@ class Dispatcher:
             if allowance is not None:
                 budget = min(budget, allowance)
             if budget <= 0:
+                if lane.circuit.probing:
+                    continue  # the probe's end wakes the feeder
                 later = (
                     lane.circuit.open_until if lane.circuit.state is CircuitState.OPEN else lane.limiter.next_free(now)
                 )
