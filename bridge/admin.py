@@ -48,15 +48,19 @@ class Selection(BaseModel):
         return bool(self.ids or self.destination or self.code or self.older_than is not None)
 
 
+def bearer_matches(request: Request, token: str) -> bool:
+    """Constant-time check of ``Authorization: Bearer <token>``."""
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), token.encode())
+
+
 def _authorise(request: Request) -> tuple[Bridge, Response | None]:
     bridge: Bridge = request.app.state.bridge
     token = bridge.config.admin.token.get_secret_value()
     request_id = uuid.uuid4().hex
     if not token:
         return bridge, envelope(403, request_id, code="AccessDenied", message="admin API disabled: set admin.token")
-    presented = request.headers.get("authorization", "")
-    scheme, _, credential = presented.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), token.encode()):
+    if not bearer_matches(request, token):
         return bridge, envelope(401, request_id, code="Unauthorized", message="missing or wrong bearer token")
     return bridge, None
 

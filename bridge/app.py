@@ -33,18 +33,23 @@ from starlette.routing import Route
 
 from bridge import __version__, admin, logs
 from bridge import runtime as runtime_module
+from bridge.auth import Unauthorized
 from bridge.config import DEFAULT_DESTINATION, Config, ConfigError
 from bridge.config import load as load_config
 from bridge.destinations.flashduty import DryRunDestination
+from bridge.emulate import STATUS_BY_CODE
 from bridge.limits import clean_text
 from bridge.metrics import Metrics
-from bridge.models import Alert, Event
-from bridge.outbox import NewEvent, OutboxUnavailable, SqliteOutbox
+from bridge.outbox import OutboxUnavailable, SqliteOutbox
 from bridge.outbox.dispatcher import Dispatcher
 from bridge.responses import envelope
-from bridge.routing import Skip, passthrough_destination
-from bridge.runtime import Runtime
-from bridge.sources import InvalidPayload, alertmanager
+from bridge.routing import passthrough_destination
+from bridge.runtime import Prepared, Runtime
+from bridge.sources import InvalidPayload, Skipped, alertmanager, grafana
+from bridge.sources import standard as standard_module
+from bridge.sources.standard import Rejection
+
+BUILTIN_SOURCES = ("alertmanager", "grafana", "standard")
 
 log = logging.getLogger("bridge.app")
 
@@ -56,8 +61,8 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """Read and decode a JSON body of at most ``limit`` bytes (raises InvalidPayload / BodyTooLarge)."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused (BodyTooLarge) before it is read whole when it exceeds ``limit`` bytes."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"body is {int(declared)} bytes, the limit is {limit} (max_body_bytes)")
@@ -66,6 +71,11 @@ async def read_json(request: Request, limit: int) -> Any:
         raw += chunk
         if len(raw) > limit:
             raise BodyTooLarge(f"body exceeds the limit of {limit} bytes (max_body_bytes)")
+    return bytes(raw)
+
+
+def decode_json(raw: bytes) -> Any:
+    """Decode a JSON body (raises InvalidPayload naming what is wrong)."""
     if not raw.strip():
         raise InvalidPayload("body is empty; expected a JSON object")
     try:
@@ -80,6 +90,8 @@ async def read_json(request: Request, limit: int) -> Any:
         body = json.loads(text, parse_constant=reject_constant)
     except json.JSONDecodeError as exc:
         raise InvalidPayload(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise InvalidPayload("invalid JSON: nested too deeply") from None
     if "\\u" in text:  # only escapes can smuggle in a lone surrogate
         body = _without_lone_surrogates(body)
     return body
@@ -155,62 +167,68 @@ class Bridge:
         return True, "reloaded" + note
 
 
-async def receive(request: Request, source: str, parse: Callable[[Any], list[Alert]]) -> Response:
-    """The receive path for every sender: parse, route, map, commit, answer."""
+async def receive(request: Request, name: str) -> Response:
+    """The receive path of every sender: authenticate, parse, route, map, commit, answer."""
     bridge: Bridge = request.app.state.bridge
     runtime = bridge.runtime  # this request finishes on the config it started with
     metrics = bridge.metrics
     request_id = uuid.uuid4().hex
+    source = runtime.sources.get(name)
+    if source is None:
+        return envelope(404, request_id, code="RouteNotFound", message=f"no source {name!r} in the config")
+    headers, query = dict(request.headers), dict(request.query_params)
     try:
-        body = await read_json(request, runtime.config.max_body_bytes)
-        alerts = parse(body)
+        raw = await read_body(request, runtime.config.max_body_bytes)
+        source.auth.verify(headers, raw)
+        body = standard_module.parse_body(raw, strict=False) if name == standard_module.SOURCE else decode_json(raw)
+        alerts = source.parse(body, headers, query)
     except BodyTooLarge as exc:
-        metrics.requests.labels(source, "too_large").inc()
+        metrics.requests.labels(name, "too_large").inc()
         return envelope(413, request_id, code="InvalidParameter", message=str(exc))
-    except InvalidPayload as exc:
-        metrics.requests.labels(source, "invalid").inc()
-        log.info("rejected %s request %s: %s", source, request_id, exc)
-        return envelope(400, request_id, code="InvalidParameter", message=str(exc))
+    except Unauthorized as exc:
+        metrics.requests.labels(name, "unauthorized").inc()
+        metrics.auth_failures.labels(name, exc.reason).inc()
+        log.warning("refused %s request %s: %s", name, request_id, exc.reason)
+        return envelope(401, request_id, code="Unauthorized", message=exc.reason)
+    except (InvalidPayload, Rejection) as exc:
+        metrics.requests.labels(name, "invalid").inc()
+        log.info("rejected %s request %s: %s", name, request_id, exc)
+        code = exc.code if isinstance(exc, Rejection) else "InvalidParameter"
+        return envelope(STATUS_BY_CODE.get(code, 400), request_id, code=code, message=str(exc))
+    except Skipped as skip:
+        metrics.requests.labels(name, "not_forwarded").inc()
+        metrics.not_forwarded.labels(name, skip.reason).inc()
+        return envelope(200, request_id, data={"accepted": 0, "not_forwarded": skip.reason})
 
     passthrough = None
-    key = request.query_params.get("integration_key")
+    key = query.get("integration_key")
     if key is not None and runtime.config.passthrough:
         if not key.strip():
-            metrics.requests.labels(source, "invalid").inc()
-            return envelope(400, request_id, code="InvalidParameter", message="integration_key is empty")
+            metrics.requests.labels(name, "invalid").inc()
+            return envelope(400, request_id, code="InvalidParameter", message="integration_key is not a valid one")
         passthrough = await bridge.passthrough(key.strip())
-
-    events: list[tuple[NewEvent, Event]] = []
-    skipped = 0
-    for alert in alerts:
-        try:
-            targets = runtime.router.route(alert, passthrough)
-        except Skip as skip:
-            metrics.unrouted.labels(source, skip.reason).inc()
-            skipped += 1
-            continue
-        for target in targets:
-            event = runtime.mapper.event(alert, target)
-            new = NewEvent(
-                target.destination, event.alert_key, source, event.event_status, event.to_json(), event.digest()
-            )
-            events.append((new, event))
+    prepared = runtime.prepare(source, alerts, passthrough)
     try:
-        stored = await bridge.outbox.put([new for new, _ in events])
+        stored = await bridge.outbox.put([new for new, _ in prepared.events])
     except OutboxUnavailable as exc:
-        metrics.requests.labels(source, "unavailable").inc()
-        metrics.alerts.labels(source, "unavailable").inc(len(alerts))
-        log.warning("could not take %s request %s (%d alerts): %s", source, request_id, len(alerts), exc)
+        metrics.requests.labels(name, "unavailable").inc()
+        metrics.alerts.labels(name, "unavailable").inc(len(alerts))
+        log.warning("could not take %s request %s (%d alerts): %s", name, request_id, len(alerts), exc)
         return envelope(503, request_id, code="ServiceUnavailable", message=str(exc))
     bridge.dispatcher.wake()
 
-    metrics.requests.labels(source, "accepted").inc()
-    metrics.alerts.labels(source, "accepted").inc(len(alerts))
-    for (_, event), kept in zip(events, stored, strict=True):
+    metrics.requests.labels(name, "accepted").inc()
+    metrics.alerts.labels(name, "accepted").inc(len(alerts))
+    for _, reason in prepared.skipped:
+        metrics.unrouted.labels(name, reason).inc()
+    for (_, event), kept in zip(prepared.events, stored, strict=True):
         if kept:
-            metrics.events.labels(source, event.event_status).inc()
+            metrics.events.labels(name, event.event_status).inc()
         else:
-            metrics.suppressed.labels(source).inc()
+            metrics.suppressed.labels(name).inc()
+    keys = list(dict.fromkeys(event.alert_key for _, event in prepared.events))
+    if name == standard_module.SOURCE:  # answer exactly as Flashduty does
+        return envelope(200, request_id, data={"alert_key": alerts[0].alert_key})
     return envelope(
         200,
         request_id,
@@ -218,15 +236,65 @@ async def receive(request: Request, source: str, parse: Callable[[Any], list[Ale
             "accepted": len(alerts),
             "events": stored.count(True),
             "suppressed": stored.count(False),
-            "unrouted": skipped,
-            "alert_keys": list(dict.fromkeys(event.alert_key for _, event in events)),
+            "unrouted": len(prepared.skipped),
+            "alert_keys": keys,
         },
     )
 
 
 async def receive_alertmanager(request: Request) -> Response:
-    """``POST /alertmanager``: one Flashduty event per alert and destination, committed before the 200."""
-    return await receive(request, alertmanager.SOURCE, alertmanager.parse)
+    """``POST /alertmanager``: Alertmanager webhooks (version 4)."""
+    return await receive(request, alertmanager.SOURCE)
+
+
+async def receive_grafana(request: Request) -> Response:
+    """``POST /grafana``: Grafana contact points (unified, version 1) and legacy Grafana alerting."""
+    return await receive(request, grafana.SOURCE)
+
+
+async def receive_standard(request: Request) -> Response:
+    """``POST /event/push/alert/standard``: Flashduty's own standard API, buffered."""
+    return await receive(request, standard_module.SOURCE)
+
+
+async def receive_template(request: Request) -> Response:
+    """``POST /webhook/{name}``: a template source from the config."""
+    name = request.path_params["name"]
+    if name in BUILTIN_SOURCES:
+        return envelope(404, uuid.uuid4().hex, code="RouteNotFound", message=f"use /{name} for {name}")
+    return await receive(request, name)
+
+
+async def render(request: Request) -> Response:
+    """``POST /-/render/{source}``: the events a payload would become; nothing is queued or sent."""
+    bridge: Bridge = request.app.state.bridge
+    runtime = bridge.runtime
+    request_id = uuid.uuid4().hex
+    token = runtime.config.admin.token.get_secret_value()
+    if token and not admin.bearer_matches(request, token):
+        return envelope(401, request_id, code="Unauthorized", message="missing or wrong bearer token")
+    source = runtime.sources.get(request.path_params["source"])
+    if source is None:
+        return envelope(404, request_id, code="RouteNotFound", message=f"no source {request.path_params['source']!r}")
+    headers, query = dict(request.headers), dict(request.query_params)
+    try:
+        raw = await read_body(request, runtime.config.max_body_bytes)
+        body = standard_module.parse_body(raw, strict=False) if source.name == "standard" else decode_json(raw)
+        alerts = source.parse(body, headers, query)
+    except (BodyTooLarge, InvalidPayload, Rejection) as exc:
+        return envelope(400, request_id, code="InvalidParameter", message=str(exc))
+    except Skipped as skip:
+        return envelope(200, request_id, data={"events": [], "not_forwarded": skip.reason})
+    prepared = runtime.prepare(source, alerts)
+    return envelope(200, request_id, data=rendered(prepared))
+
+
+def rendered(prepared: Prepared) -> dict[str, Any]:
+    """A render result as JSON: each event with its destination, and what went nowhere."""
+    return {
+        "events": [{"destination": new.destination, "event": event.to_body()} for new, event in prepared.events],
+        "unrouted": [{"alert": alert.labels, "reason": reason} for alert, reason in prepared.skipped],
+    }
 
 
 async def reload_config(request: Request) -> Response:
@@ -350,6 +418,10 @@ def create_app(
     return Starlette(
         routes=[
             Route("/alertmanager", receive_alertmanager, methods=["POST"]),
+            Route("/grafana", receive_grafana, methods=["POST", "PUT"]),
+            Route("/webhook/{name}", receive_template, methods=["POST", "PUT"]),
+            Route(standard_module.PATH, receive_standard, methods=["POST"]),
+            Route("/-/render/{source}", render, methods=["POST"]),
             Route("/-/healthy", healthy, methods=["GET", "HEAD"]),
             Route("/-/ready", ready, methods=["GET", "HEAD"]),
             Route("/-/reload", reload_config, methods=["POST"]),

@@ -31,10 +31,12 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from bridge.auth import AuthConfig, NoAuth
 from bridge.matchers import MatcherList
 
 KEY_ENV_VAR = "FLASHDUTY_INTEGRATION_KEY"
@@ -170,8 +172,23 @@ class AdminConfig(_Frozen):
     token: SecretStr = SecretStr("")
 
 
-class AlertmanagerConfig(_Frozen):
-    """How Alertmanager alerts become Flashduty events."""
+def _check_template(value: str | None, info: ValidationInfo) -> str | None:
+    """Compile a template now, so a broken one fails check-config with its field and line."""
+    if value is not None:
+        from bridge import templating
+
+        try:
+            templating.compile(value, str(info.field_name))
+        except templating.TemplateError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+TemplateText = Annotated[str, AfterValidator(_check_template)]
+
+
+class SourceMapping(_Frozen):
+    """How a built-in sender's alerts become Flashduty events (Alertmanager, Grafana)."""
 
     #: Prefix of every alert_key from this source; the fingerprint follows it.
     key_prefix: str = Field("alertmanager", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
@@ -181,6 +198,11 @@ class AlertmanagerConfig(_Frozen):
     identity_labels: tuple[str, ...] = DEFAULT_IDENTITY_LABELS
     #: Titles starting with "[TPL]" switch on Flashduty-side templating; off unless asked for.
     allow_tpl_titles: bool = False
+    #: Templates replacing the built-in title / description (context: ``payload``, ``alert``).
+    title: TemplateText | None = None
+    description: TemplateText | None = None
+    #: Inbound authentication of this sender's requests.
+    auth: AuthConfig = NoAuth()
 
     @field_validator("severity_map")
     @classmethod
@@ -197,6 +219,74 @@ class AlertmanagerConfig(_Frozen):
     def _firing_status(cls, value: str) -> str:
         if value not in FIRING_STATUSES:
             raise ValueError(f"must be one of {', '.join(FIRING_STATUSES)}, got {value!r}")
+        return value
+
+
+class AlertmanagerConfig(SourceMapping):
+    """How Alertmanager alerts become Flashduty events."""
+
+
+class GrafanaConfig(SourceMapping):
+    """How Grafana alerts (unified and legacy) become Flashduty events."""
+
+    key_prefix: str = Field("grafana", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    identity_labels: tuple[str, ...] = ("alertname", "rulename", "grafana_folder", *DEFAULT_IDENTITY_LABELS[1:])
+    #: DatasourceNoData alerts (and legacy no_data): Flashduty's own Grafana integration says Critical.
+    nodata_status: str = "Critical"
+    #: DatasourceError alerts: the rule could not be evaluated at all.
+    error_status: str = "Critical"
+    #: Grafana's "Test" button notifications.
+    test_status: str = "Info"
+
+    @field_validator("nodata_status", "error_status", "test_status")
+    @classmethod
+    def _firing(cls, value: str) -> str:
+        return SourceMapping._firing_status(value)
+
+
+EVENT_STATUSES = (*FIRING_STATUSES, "Ok")
+SOURCE_NAME = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
+
+
+class TemplateSourceConfig(_Frozen):
+    """A sender mapped by templates, served at ``POST /webhook/{name}``.
+
+    Templates see the body as ``payload`` with ``headers`` and ``query``; with ``alerts``
+    they run once per item of that list, the item being ``alert``.
+    """
+
+    #: A Jinja expression (no braces) giving a list: one event per item.
+    alerts: str | None = None
+    title: TemplateText
+    description: TemplateText = ""
+    #: Must render to Critical/Warning/Info/Ok, or to a key of status_map.
+    event_status: TemplateText
+    #: Rendered value -> status, e.g. {down: Critical, up: Ok}.
+    status_map: dict[str, str] = Field(default_factory=dict)
+    #: Rendered, prefixed with "<name>:"; empty: a hash of the rendered labels.
+    alert_key: TemplateText = ""
+    labels: dict[str, TemplateText] = Field(default_factory=dict)
+    auth: AuthConfig = NoAuth()
+    allow_tpl_titles: bool = False
+
+    @field_validator("alerts")
+    @classmethod
+    def _expression(cls, value: str | None) -> str | None:
+        if value is not None:
+            from bridge import templating
+
+            try:
+                templating.compile("{{ (" + value + ") | tojson }}", "alerts")
+            except templating.TemplateError as exc:
+                raise ValueError(f"not a valid expression: {exc}") from None
+        return value
+
+    @field_validator("status_map")
+    @classmethod
+    def _statuses(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, status in value.items():
+            if status not in EVENT_STATUSES:
+                raise ValueError(f"{name!r} maps to {status!r}; use one of {', '.join(EVENT_STATUSES)}")
         return value
 
 
@@ -288,6 +378,11 @@ class Config(_Frozen):
     flashduty: FlashdutyConfig = FlashdutyConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     alertmanager: AlertmanagerConfig = AlertmanagerConfig()
+    grafana: GrafanaConfig = GrafanaConfig()
+    #: Template sources by name, each served at POST /webhook/{name}.
+    sources: dict[str, TemplateSourceConfig] = Field(default_factory=dict)
+    #: Inbound authentication for POST /event/push/alert/standard.
+    standard_auth: AuthConfig = NoAuth()
     admin: AdminConfig = AdminConfig()
     #: Named Flashduty integrations; ``flashduty.integration_key`` is the destination "default".
     destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
@@ -305,6 +400,16 @@ class Config(_Frozen):
     @classmethod
     def _host_port(cls, value: str) -> str:
         split_listen(value)
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names(cls, value: dict[str, TemplateSourceConfig]) -> dict[str, TemplateSourceConfig]:
+        for name in value:
+            if not re.fullmatch(SOURCE_NAME, name) or name in ("alertmanager", "grafana", "standard"):
+                raise ValueError(
+                    f"source name {name!r}: lower-case letters, digits, _ and -, not alertmanager/grafana/standard"
+                )
         return value
 
     @field_validator("destinations")

@@ -130,6 +130,11 @@ class _Reject(Exception):
         self.code, self.message, self.retry_after = code, message, retry_after
 
 
+#: Public name for the contract's rejection (code and message), reused by the bridge's own
+#: standard-API endpoint so both answer exactly alike.
+Rejection = _Reject
+
+
 def _bad(message: str) -> _Reject:
     return _Reject("InvalidParameter", message)
 
@@ -174,6 +179,11 @@ def _limit(name: str, value: str, limit: int, strict: bool) -> str:
     if strict:
         raise _bad(f"{name}: {len(value)} characters, limit is {limit}")
     return value[:limit]
+
+
+def parse_body(raw: bytes, strict: bool) -> dict[str, Any]:
+    """Decode a push body as the contract requires (a JSON object), raising :data:`Rejection`."""
+    return _parse_body(raw, strict)
 
 
 def _parse_body(raw: bytes, strict: bool) -> dict[str, Any]:

@@ -17,6 +17,8 @@ ALERT_KEY_MAX = 255
 LABEL_KEY_MAX = 128
 LABEL_VALUE_MAX = 2048
 LABELS_MAX = 50
+IMAGE_SRC_MAX = 256
+IMAGE_ALT_MAX = 128
 
 LABEL_KEY = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _INVALID_KEY_CHARS = re.compile(r"[^a-zA-Z0-9_]")

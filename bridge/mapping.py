@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from bridge import limits
-from bridge.config import AlertmanagerConfig, LabelRules
+from bridge.config import LabelRules, SourceMapping
 from bridge.metrics import Metrics
 from bridge.models import Alert, Event, EventStatus
 
@@ -83,7 +83,7 @@ def apply_rules(
 class Mapper:
     """Turns alerts of one source into events; one instance per source config."""
 
-    def __init__(self, config: AlertmanagerConfig, metrics: Metrics) -> None:
+    def __init__(self, config: SourceMapping, metrics: Metrics) -> None:
         self.config = config
         self.metrics = metrics
 
@@ -97,11 +97,17 @@ class Mapper:
             description=self.description(alert),
             labels=self.labels(alert, target.labels if target else ()),
             event_time=int(when.timestamp()) if when else None,
+            images=self.images(alert),
         )
 
     def status(self, alert: Alert, severity_map: dict[str, str] | None = None) -> EventStatus:
+        if alert.event_status is not None:
+            return alert.event_status
         if alert.status == "resolved":
             return "Ok"
+        kind_status = {"nodata": "nodata_status", "error": "error_status", "test": "test_status"}.get(alert.kind)
+        if kind_status is not None and hasattr(self.config, kind_status):
+            return getattr(self.config, kind_status)  # type: ignore[no-any-return]  # validated in config
         # A route's table overrides entries of the source's table; the rest still applies.
         table = self.config.severity_map if severity_map is None else {**self.config.severity_map, **severity_map}
         for name in self.config.severity_labels:
@@ -113,6 +119,12 @@ class Mapper:
         return self.config.default_severity  # type: ignore[return-value]  # validated in config
 
     def alert_key(self, alert: Alert) -> str:
+        if alert.alert_key is not None:
+            key = limits.clean_text(alert.alert_key)
+            if len(key) <= limits.ALERT_KEY_MAX:
+                return key
+            self.metrics.truncations.labels("alert_key").inc()
+            return "sha256:" + hashlib.sha256(key.encode(errors="surrogatepass")).hexdigest()
         key = f"{self.config.key_prefix}:{limits.clean_text(alert.fingerprint)}"
         if len(key) > limits.ALERT_KEY_MAX:
             # Hash rather than cut, so two long fingerprints never share a key.
@@ -132,7 +144,14 @@ class Mapper:
         name = _one_line(labels.get("alertname", ""))
         summary = _one_line(annotations.get("summary", ""))
         target = labels.get("instance") or labels.get("job") or ""
-        if name and summary:
+        rule = _one_line(alert.rule_name or labels.get("rulename", "")) or name
+        if alert.title is not None:
+            title = _one_line(alert.title) or f"Alert {alert.fingerprint}"
+        elif alert.kind == "nodata":
+            title = f"{rule}: no data" + (f" ({summary})" if summary else "")
+        elif alert.kind == "error":
+            title = f"{rule}: evaluation failed" + (f" ({summary})" if summary else "")
+        elif name and summary:
             title = f"{name}: {summary}"
         elif summary:
             title = summary
@@ -140,6 +159,8 @@ class Mapper:
             title = f"{name} on {_one_line(target)}" if target else name
         else:
             title = f"Alert {alert.fingerprint}"
+        if alert.is_test:
+            title = f"Test notification: {title}"
         title = limits.clean_text(title)
         if not self.config.allow_tpl_titles and title.upper().startswith(_TPL):
             # "[TPL]" turns on Flashduty-side templating of the title; alert text must stay literal.
@@ -155,9 +176,17 @@ class Mapper:
             ),
             "",
         )
+        if alert.description is not None:
+            text = alert.description.strip()
+        elif alert.kind == "error" and alert.annotations.get("Error"):
+            text = f"{text}\n\nError: {alert.annotations['Error']}".strip()
+        if alert.value_string and alert.description is None:
+            text = f"{text}\n\nValues: {alert.value_string}".strip()
         links = []
         if alert.annotations.get("runbook_url", "").strip():
             links.append(f"Runbook: {alert.annotations['runbook_url'].strip()}")
+        for role, url in alert.links.items():
+            links.append(f"{role.capitalize()}: {url}")
         if alert.generator_url:
             links.append(f"Source: {alert.generator_url}")
         link_block, links_cut = limits.truncate(limits.clean_text("\n".join(links)), _LINKS_MAX)
@@ -169,8 +198,25 @@ class Mapper:
             self.metrics.truncations.labels("description").inc()
         return f"{text}{separator}{link_block}"
 
+    def images(self, alert: Alert) -> tuple[dict[str, str], ...]:
+        """Screenshots as Flashduty images: a src over 256 characters would be dropped by Flashduty, so it is here."""
+        images = []
+        for index, url in enumerate(alert.images):
+            if len(url) > limits.IMAGE_SRC_MAX:
+                self.metrics.truncations.labels("images").inc()
+                continue
+            alt, _ = limits.truncate(
+                f"{alert.rule_name or alert.labels.get('alertname', 'alert')} #{index + 1}", limits.IMAGE_ALT_MAX
+            )
+            images.append({"alt": alt, "src": url, "href": url})
+        return tuple(images)
+
     def labels(self, alert: Alert, rules: Sequence[LabelRules] = ()) -> dict[str, str]:
-        own, annotations, removed = apply_rules(alert.labels, alert.annotations, rules)
+        extra = {f"{role}_url": url for role, url in alert.links.items()}
+        if alert.is_test:
+            extra["test_notification"] = "true"
+        extra.update({"template_error": ",".join(alert.template_errors)} if alert.template_errors else {})
+        own, annotations, removed = apply_rules({**alert.labels, **extra}, alert.annotations, rules)
         if removed:
             self.metrics.labels_dropped.labels("rule").inc(removed)
         priority = [name for rule in rules for name in rule.priority]

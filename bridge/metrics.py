@@ -14,11 +14,11 @@ from bridge import __version__
 
 PREFIX = "flashduty_bridge"
 
-SOURCES = ("alertmanager",)
-REQUEST_OUTCOMES = ("accepted", "invalid", "too_large", "unavailable")
+SOURCES = ("alertmanager", "grafana", "standard")
+REQUEST_OUTCOMES = ("accepted", "invalid", "too_large", "unavailable", "unauthorized", "not_forwarded")
 EVENT_STATUSES = ("Critical", "Warning", "Info", "Ok")
 ATTEMPT_OUTCOMES = ("ok", "retry", "give_up")
-TRUNCATED_FIELDS = ("title_rule", "description", "alert_key", "label_key", "label_value")
+TRUNCATED_FIELDS = ("title_rule", "description", "alert_key", "label_key", "label_value", "images")
 LABEL_DROP_REASONS = ("limit", "rule")
 LABEL_RENAME_REASONS = ("sanitised", "collision")
 
@@ -136,6 +136,24 @@ class Metrics:
         self.reload_time = Gauge(
             f"{p}_config_last_reload_success_timestamp_seconds",
             "When the running config was loaded.",
+            registry=registry,
+        )
+        self.template_errors = Counter(
+            f"{p}_template_errors_total",
+            "Template fields that failed to render (the event went out with a fallback), by source and field.",
+            ["source", "field"],
+            registry=registry,
+        )
+        self.auth_failures = Counter(
+            f"{p}_auth_failures_total",
+            "Requests refused by inbound authentication, by source and reason.",
+            ["source", "reason"],
+            registry=registry,
+        )
+        self.not_forwarded = Counter(
+            f"{p}_alerts_not_forwarded_total",
+            "Valid alerts deliberately not forwarded (e.g. legacy Grafana paused/pending), by source and reason.",
+            ["source", "reason"],
             registry=registry,
         )
         self.truncations = Counter(

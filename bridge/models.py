@@ -46,6 +46,14 @@ class Alert:
     values: dict[str, float] = field(default_factory=dict)
     #: The sender's own one-line rendering of the values (Grafana ``valueString``).
     value_string: str = ""
+    #: Set by template sources, the standard API, or per-source template overrides: they
+    #: replace what mapping would derive (limits still apply). ``alert_key`` is final.
+    title: str | None = None
+    description: str | None = None
+    event_status: EventStatus | None = None
+    alert_key: str | None = None
+    #: Template fields that failed to render (the event goes out with a fallback).
+    template_errors: tuple[str, ...] = ()
 
     @property
     def is_test(self) -> bool:
@@ -67,6 +75,8 @@ class Event:
     description: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     event_time: int | None = None
+    #: Flashduty ``images``: ``{"alt", "src", "href"}``, within their limits.
+    images: tuple[dict[str, str], ...] = ()
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -80,6 +90,8 @@ class Event:
             body["labels"] = self.labels
         if self.event_time is not None:
             body["event_time"] = self.event_time
+        if self.images:
+            body["images"] = list(self.images)
         return body
 
     def digest(self) -> str:

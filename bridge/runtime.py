@@ -9,25 +9,75 @@ once, at its start, and finishes on it even if a reload happens meanwhile.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
-from bridge.config import DEFAULT_DESTINATION, Config, ConfigError, RateLimitConfig
+from bridge.auth import AuthConfig
+from bridge.config import DEFAULT_DESTINATION, Config, ConfigError, RateLimitConfig, SourceMapping
 from bridge.destinations import Destination
 from bridge.destinations.flashduty import DryRunDestination, FlashdutyDestination
 from bridge.mapping import Mapper
 from bridge.metrics import Metrics
-from bridge.routing import Router
+from bridge.models import Alert, Event
+from bridge.outbox import NewEvent
+from bridge.routing import Router, Skip
+from bridge.sources import alertmanager, grafana, standard
+from bridge.sources.templated import Overrides, TemplateSource
+
+#: Parse a decoded body (with the request's headers and query) into alerts.
+Parser = Callable[[Any, Mapping[str, str], Mapping[str, str]], list[Alert]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One sender: how to authenticate, parse and map its requests."""
+
+    name: str
+    parse: Parser
+    auth: AuthConfig
+    mapper: Mapper
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What one request becomes: events per destination, and alerts sent nowhere (with why)."""
+
+    events: list[tuple[NewEvent, Event]] = field(default_factory=list)
+    skipped: list[tuple[Alert, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Runtime:
     config: Config
     router: Router
-    mapper: Mapper
+    sources: dict[str, Source]
     destinations: dict[str, Destination]
     rate_limits: dict[str, RateLimitConfig]
+
+    def prepare(self, source: Source, alerts: list[Alert], passthrough: str | None = None) -> Prepared:
+        """Route and map ``alerts``: nothing is stored or sent (``render`` uses this as it is)."""
+        prepared = Prepared()
+        for alert in alerts:
+            try:
+                targets = self.router.route(alert, passthrough)
+            except Skip as skip:
+                prepared.skipped.append((alert, skip.reason))
+                continue
+            for target in targets:
+                event = source.mapper.event(alert, target)
+                stored = NewEvent(
+                    target.destination,
+                    event.alert_key,
+                    source.name,
+                    event.event_status,
+                    event.to_json(),
+                    event.digest(),
+                )
+                prepared.events.append((stored, event))
+        return prepared
 
 
 def integration_keys(config: Config) -> dict[str, str]:
@@ -69,7 +119,38 @@ def build(config: Config, metrics: Metrics, http: httpx.AsyncClient) -> Runtime:
         url = (settings.url if settings else None) or config.flashduty.url
         destinations[name] = FlashdutyDestination(name, url, key, http, config.flashduty.timeout)
         rate_limits[name] = (settings.rate_limit if settings else None) or config.flashduty.rate_limit
-    return Runtime(config, Router(config), Mapper(config.alertmanager, metrics), destinations, rate_limits)
+    return Runtime(config, Router(config), sources(config, metrics), destinations, rate_limits)
+
+
+def sources(config: Config, metrics: Metrics) -> dict[str, Source]:
+    """Every sender this config accepts, by name (the path segment and metric label)."""
+
+    def count_error(source: str, field: str) -> None:
+        metrics.template_errors.labels(source, field).inc()
+
+    def builtin(name: str, mapping: SourceMapping, parse: Callable[[Any], list[Alert]]) -> Source:
+        overrides = Overrides(name, mapping, count_error)
+
+        def parse_and_override(body: Any, headers: Mapping[str, str], query: Mapping[str, str]) -> list[Alert]:
+            return overrides.apply(parse(body), body, headers, query)
+
+        return Source(name, parse_and_override, mapping.auth, Mapper(mapping, metrics))
+
+    found = {
+        alertmanager.SOURCE: builtin(alertmanager.SOURCE, config.alertmanager, alertmanager.parse),
+        grafana.SOURCE: builtin(grafana.SOURCE, config.grafana, grafana.parse),
+        standard.SOURCE: Source(
+            standard.SOURCE,
+            lambda body, headers, query: [standard.parse(body)],
+            config.standard_auth,
+            Mapper(SourceMapping(key_prefix=standard.SOURCE, allow_tpl_titles=True), metrics),
+        ),
+    }
+    for name, settings in config.sources.items():
+        template = TemplateSource(name, settings, count_error)
+        mapping = SourceMapping(key_prefix=name, allow_tpl_titles=settings.allow_tpl_titles)
+        found[name] = Source(name, template.parse, settings.auth, Mapper(mapping, metrics))
+    return found
 
 
 def passthrough(config: Config, name: str, key: str, http: httpx.AsyncClient) -> FlashdutyDestination:

@@ -547,6 +547,7 @@ def test_example_config_lists_every_accepted_key() -> None:
             "alertmanager",
             "admin",
             "labels",
+            "grafana",
         }
     )
     assert yaml_keys(data, nested=sections) == field_names(Config)

@@ -1,0 +1,189 @@
+"""Senders mapped by user templates, and template overrides for the built-in senders.
+
+A :class:`TemplateSource` turns any JSON webhook into alerts: templates render the
+title, description, status, key and labels from ``payload`` (the body), ``headers``
+and ``query``; with an ``alerts`` expression they run once per list item (``alert``).
+Payload text is only ever data (see :mod:`bridge.templating`).
+
+A template that fails at runtime never loses the alert: the field falls back (a
+generic title, the raw payload excerpt as description, Warning as status, a key
+from the labels), the event carries ``template_error=<fields>`` and the failure is
+counted. Only a body that is not what the ``alerts`` expression needs is rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from bridge import templating
+from bridge.config import EVENT_STATUSES, SourceMapping, TemplateSourceConfig
+from bridge.models import Alert, EventStatus
+from bridge.sources import InvalidPayload
+from bridge.sources.alertmanager import fingerprint
+
+log = logging.getLogger("bridge.templates")
+
+#: How much of the raw payload a fallback description shows.
+EXCERPT_CHARS = 1500
+
+ErrorCounter = Callable[[str, str], None]
+
+
+def _excerpt(payload: Any) -> str:
+    text = json.dumps(payload, ensure_ascii=False, sort_keys=True)
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
+
+
+class _Renderer:
+    """Renders fields for one alert, remembering which failed."""
+
+    def __init__(self, source: str, context: Mapping[str, Any], on_error: ErrorCounter) -> None:
+        self.source, self.context, self.on_error = source, context, on_error
+        self.failed: list[str] = []
+
+    def __call__(self, field: str, template: templating.Template | None, fallback: str) -> str:
+        if template is None:
+            return fallback
+        try:
+            return templating.render_text(template, self.context)
+        except templating.TemplateError as exc:
+            self.failed.append(field)
+            self.on_error(self.source, field)
+            log.warning("template %s of source %s failed, using a fallback: %s", field, self.source, exc)
+            return fallback
+
+
+class TemplateSource:
+    """One ``sources.<name>`` entry, compiled once."""
+
+    def __init__(self, name: str, config: TemplateSourceConfig, on_error: ErrorCounter) -> None:
+        self.name = name
+        self.config = config
+        self.on_error = on_error
+        self.alerts = templating.compile("{{ (" + config.alerts + ") | tojson }}", "alerts") if config.alerts else None
+        self.title = templating.compile(config.title, "title")
+        self.description = templating.compile(config.description, "description") if config.description else None
+        self.event_status = templating.compile(config.event_status, "event_status")
+        self.alert_key = templating.compile(config.alert_key, "alert_key") if config.alert_key else None
+        self.labels = {key: templating.compile(text, f"labels.{key}") for key, text in config.labels.items()}
+
+    def _items(self, body: Any, headers: Mapping[str, str], query: Mapping[str, str]) -> list[Any]:
+        if self.alerts is None:
+            return [None]
+        context = templating.template_context(body, headers=headers, query=query)
+        try:
+            items = json.loads(templating.render_text(self.alerts, context))
+        except templating.TemplateError as exc:
+            raise InvalidPayload(f"alerts: the expression {self.config.alerts!r} failed on this body: {exc}") from None
+        if not isinstance(items, list):
+            raise InvalidPayload(
+                f"alerts: the expression {self.config.alerts!r} gave {type(items).__name__}, not a list"
+            )
+        return items
+
+    def _status(self, rendered: str) -> EventStatus | None:
+        value = rendered.strip()
+        mapped = self.config.status_map.get(value)
+        if mapped is None:
+            lowered = {key.lower(): status for key, status in self.config.status_map.items()}
+            mapped = lowered.get(value.lower())
+        status = mapped or value
+        return status if status in EVENT_STATUSES else None  # type: ignore[return-value]
+
+    def parse(self, body: Any, headers: Mapping[str, str], query: Mapping[str, str]) -> list[Alert]:
+        alerts = []
+        for item in self._items(body, headers, query):
+            context = (
+                templating.template_context(body, headers=headers, query=query, alert=item)
+                if (self.alerts is not None)
+                else templating.template_context(body, headers=headers, query=query)
+            )
+            render = _Renderer(self.name, context, self.on_error)
+            labels = {key: render(f"labels.{key}", template, "") for key, template in self.labels.items()}
+            labels = {key: value for key, value in labels.items() if value}
+            status_text = render("event_status", self.event_status, "")
+            status = self._status(status_text)
+            if status is None:
+                if "event_status" not in render.failed:
+                    render.failed.append("event_status")
+                    self.on_error(self.name, "event_status")
+                    log.warning(
+                        "source %s: event_status rendered %r, not a status or a status_map key",
+                        self.name,
+                        status_text[:100],
+                    )
+                status = "Warning"
+            key = render("alert_key", self.alert_key, "").strip()
+            alert_key = f"{self.name}:{key or fingerprint(labels)}"
+            title = render("title", self.title, "")
+            description = render("description", self.description, "")
+            if render.failed:
+                description = f"{description}\n\nRaw payload: {_excerpt(item if item is not None else body)}".strip()
+            alerts.append(
+                Alert(
+                    source=self.name,
+                    status="resolved" if status == "Ok" else "firing",
+                    labels=labels,
+                    annotations={},
+                    fingerprint=alert_key,
+                    title=title.strip() or f"{self.name} alert",
+                    description=description,
+                    event_status=status,
+                    alert_key=alert_key,
+                    template_errors=tuple(render.failed),
+                )
+            )
+        return alerts
+
+
+def alert_view(alert: Alert) -> dict[str, Any]:
+    """What a per-source override template sees as ``alert``: the sender's fields, as sent."""
+    return {
+        "status": alert.status,
+        "labels": alert.labels,
+        "annotations": alert.annotations,
+        "startsAt": alert.starts_at.isoformat() if alert.starts_at else "",
+        "endsAt": alert.ends_at.isoformat() if alert.ends_at else "",
+        "generatorURL": alert.generator_url,
+        "fingerprint": alert.fingerprint,
+        "kind": alert.kind,
+        "rulename": alert.rule_name,
+        "links": alert.links,
+        "values": alert.values,
+        "valueString": alert.value_string,
+    }
+
+
+class Overrides:
+    """``title`` / ``description`` templates that replace a built-in sender's own."""
+
+    def __init__(self, source: str, config: SourceMapping, on_error: ErrorCounter) -> None:
+        self.source = source
+        self.on_error = on_error
+        self.title = templating.compile(config.title, "title") if config.title else None
+        self.description = templating.compile(config.description, "description") if config.description else None
+
+    def apply(
+        self, alerts: list[Alert], body: Any, headers: Mapping[str, str], query: Mapping[str, str]
+    ) -> list[Alert]:
+        if self.title is None and self.description is None:
+            return alerts
+        out = []
+        for alert in alerts:
+            context = templating.template_context(body, headers=headers, query=query, alert=alert_view(alert))
+            render = _Renderer(self.source, context, self.on_error)
+            title = render("title", self.title, "") if self.title else None
+            description = render("description", self.description, "") if self.description else None
+            out.append(
+                replace(
+                    alert,
+                    title=title or None,  # a failed or empty override falls back to the built-in title
+                    description=description if description is not None and "description" not in render.failed else None,
+                    template_errors=tuple(render.failed),
+                )
+            )
+        return out
