@@ -9,12 +9,12 @@ import signal
 import sys
 from pathlib import Path
 
-from bridge import __version__, config, deadletters, logs
+from bridge import __version__, config, deadletters, logs, preview
 
 log = logging.getLogger("bridge")
 
 
-def _load(path: str | None) -> config.Config:
+def load_or_exit(path: str | None) -> config.Config:
     """The validated config, with key files readable; exit 2 listing every problem otherwise."""
     from bridge.runtime import integration_keys
 
@@ -45,7 +45,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from bridge.app import create_app
 
-    cfg = _load(args.config)
+    cfg = load_or_exit(args.config)
     if args.listen:
         try:
             config.split_listen(args.listen)
@@ -87,7 +87,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = load_or_exit(args.config)
     for name in cfg.unset_variables:
         print(f"warning: environment variable {name} is not set; it expands to an empty string", file=sys.stderr)
     mode = "dry run (no integration key)" if cfg.dry_run else "delivering to Flashduty"
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(func=check_config)
     commands.add_parser("emulate", help="run a Flashduty-compatible receiver (see emulate --help)")
     deadletters.add_parser(commands)
+    preview.add_parsers(commands)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
