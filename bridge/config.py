@@ -121,9 +121,17 @@ class RateLimitConfig(_Frozen):
 class FlashdutyConfig(_Frozen):
     url: str = DEFAULT_FLASHDUTY_URL
     integration_key: SecretStr = SecretStr("")
+    #: The key from a file instead (a mounted Secret), read at start and at every reload.
+    integration_key_file: Path | None = None
     #: Per-attempt timeout for one request to Flashduty.
     timeout: Duration = DEFAULT_TIMEOUT_SECONDS
     rate_limit: RateLimitConfig = RateLimitConfig()
+
+    @model_validator(mode="after")
+    def _one_key(self) -> FlashdutyConfig:
+        if self.integration_key.get_secret_value() and self.integration_key_file is not None:
+            raise ValueError("give integration_key or integration_key_file, not both")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -140,7 +148,8 @@ class FlashdutyConfig(_Frozen):
 
     @property
     def dry_run(self) -> bool:
-        return not self.integration_key.get_secret_value()
+        """No key for the default destination."""
+        return not self.integration_key.get_secret_value() and self.integration_key_file is None
 
 
 class CircuitConfig(_Frozen):
@@ -546,7 +555,7 @@ def load(path: Path | None, env: Mapping[str, str] | None = None) -> Config:
     flashduty = data.get("flashduty")
     if flashduty is None or isinstance(flashduty, dict):  # anything else is reported by validation
         flashduty = flashduty or {}
-        if not flashduty.get("integration_key") and env.get(KEY_ENV_VAR):
+        if not flashduty.get("integration_key") and not flashduty.get("integration_key_file") and env.get(KEY_ENV_VAR):
             data["flashduty"] = {**flashduty, "integration_key": env[KEY_ENV_VAR]}
     data["unset_variables"] = tuple(dict.fromkeys(unset))
     try:

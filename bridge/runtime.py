@@ -84,24 +84,26 @@ def integration_keys(config: Config) -> dict[str, str]:
     """Every configured destination's key, reading key files now; raises ConfigError listing all problems."""
     keys: dict[str, str] = {}
     problems: list[str] = []
-    if not config.flashduty.dry_run:
+    files = {name: d.integration_key_file for name, d in config.destinations.items() if d.integration_key_file}
+    if config.flashduty.integration_key_file is not None:
+        files[DEFAULT_DESTINATION] = config.flashduty.integration_key_file
+    elif not config.flashduty.dry_run:
         keys[DEFAULT_DESTINATION] = config.flashduty.integration_key.get_secret_value()
+    for name, path in files.items():
+        where = "flashduty" if name == DEFAULT_DESTINATION else f"destinations.{name}"
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            problems.append(f"{where}.integration_key_file: cannot read {path}: {reason}")
+            continue
+        if not key:
+            problems.append(f"{where}.integration_key_file: {path} is empty")
+            continue
+        keys[name] = key
     for name, destination in config.destinations.items():
         if destination.integration_key_file is None:
             keys[name] = destination.integration_key.get_secret_value()
-            continue
-        try:
-            key = destination.integration_key_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            problems.append(
-                f"destinations.{name}.integration_key_file: cannot read {destination.integration_key_file}: {reason}"
-            )
-            continue
-        if not key:
-            problems.append(f"destinations.{name}.integration_key_file: {destination.integration_key_file} is empty")
-            continue
-        keys[name] = key
     if problems:
         raise ConfigError("destinations", problems)
     return keys

@@ -321,3 +321,24 @@ def test_test_templates_passes_good_expectations_and_prints_a_diff_for_bad_ones(
     failed = subprocess.run([*run, str(bad)], capture_output=True, text=True, timeout=60)
     assert failed.returncode == 1
     assert "events[0].event_status: expected 'Info', got 'Critical'" in failed.stdout
+
+
+def test_shipped_template_sources_pass_their_template_tests() -> None:
+    """config/sources/*.yaml pass check-config, and tests/templates/*.test.yaml all pass against them."""
+    root = Path(__file__).resolve().parents[1]
+    configs = sorted((root / "config" / "sources").glob("*.yaml"))
+    assert len(configs) >= 2
+    for config in configs:
+        check = subprocess.run(
+            [sys.executable, "-m", "bridge", "check-config", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert check.returncode == 0, (config, check.stderr)
+    files = sorted(str(path) for path in (root / "tests" / "templates").glob("*.test.yaml"))
+    run = subprocess.run(
+        [sys.executable, "-m", "bridge", "test-templates", *files], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert " 0 failed" in run.stdout and "FAIL" not in run.stdout
