@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.procs import LOOPBACK, Proc, free_port
+from tests.support.procs import LOOPBACK, Proc, start_on_free_port
 
 RECEIVER = "bridge"
 """Name of the single receiver (and the route's receiver) in the generated config."""
@@ -153,24 +153,9 @@ class Alertmanager:
             raise RuntimeError("Alertmanager binary not found (prometheus-alertmanager or alertmanager)")
         self.write_config()
         self.storage_path.mkdir(parents=True, exist_ok=True)
-        for attempt in range(1, _START_ATTEMPTS + 1):
-            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-            port = free_port()
-            proc = Proc(self.argv(binary, port), self.log_path)
-            self._proc, self.port = proc, port
-            try:
-                proc.wait_http(f"http://{LOOPBACK}:{port}/-/ready", timeout=timeout)
-                return
-            except RuntimeError:
-                # Exited early; retry only if someone grabbed the port meanwhile.
-                proc.stop()
-                self._proc = None
-                if attempt == _START_ATTEMPTS or "address already in use" not in self.output()[log_offset:]:
-                    raise
-            except BaseException:
-                proc.stop()
-                self._proc = None
-                raise
+        self._proc, self.port = start_on_free_port(
+            lambda port: self.argv(binary, port), self.log_path, "/-/ready", attempts=_START_ATTEMPTS, timeout=timeout
+        )
 
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL); safe to call more than once."""

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -94,3 +94,28 @@ class Proc:
 def python_module(module: str, *args: str) -> list[str]:
     """argv that runs ``python -m module args`` with the interpreter running the tests."""
     return [sys.executable, "-m", module, *args]
+
+
+def start_on_free_port(
+    argv_for: Callable[[int], list[str]], log_path: Path, ready_path: str, *, attempts: int = 3, timeout: float = 30.0
+) -> tuple[Proc, int]:
+    """Start a server on a fresh loopback port and wait for ``ready_path`` to answer 200.
+
+    free_port() only proves the port was free a moment ago; if another process takes it
+    before the server binds, the start is retried on a new port (only for that reason).
+    """
+    for attempt in range(1, attempts + 1):
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        port = free_port()
+        proc = Proc(argv_for(port), log_path)
+        try:
+            proc.wait_http(f"http://{LOOPBACK}:{port}{ready_path}", timeout=timeout)
+            return proc, port
+        except RuntimeError:
+            proc.stop()
+            if attempt == attempts or "address already in use" not in proc.output()[offset:]:
+                raise
+        except BaseException:
+            proc.stop()
+            raise
+    raise AssertionError("unreachable")

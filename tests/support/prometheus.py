@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.procs import LOOPBACK, Proc, free_port
+from tests.support.procs import LOOPBACK, Proc, start_on_free_port
 
 _START_ATTEMPTS = 3
 
@@ -101,23 +101,9 @@ class Prometheus:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # JSON is YAML: quoting is handled for us.
         self.config_path.write_text(json.dumps(self.config(), indent=2) + "\n")
-        for attempt in range(1, _START_ATTEMPTS + 1):
-            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-            port = free_port()
-            proc = Proc(self.argv(binary, port), self.log_path)
-            self._proc, self.port = proc, port
-            try:
-                proc.wait_http(f"http://{LOOPBACK}:{port}/-/ready", timeout=timeout)
-                return
-            except RuntimeError:
-                proc.stop()
-                self._proc = None
-                if attempt == _START_ATTEMPTS or "address already in use" not in self.output()[log_offset:]:
-                    raise
-            except BaseException:
-                proc.stop()
-                self._proc = None
-                raise
+        self._proc, self.port = start_on_free_port(
+            lambda port: self.argv(binary, port), self.log_path, "/-/ready", attempts=_START_ATTEMPTS, timeout=timeout
+        )
 
     def stop(self) -> None:
         if self._proc is not None:
