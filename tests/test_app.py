@@ -267,7 +267,7 @@ def test_outbox_full_answers_503_so_alertmanager_retries_and_keeps_what_it_had(
     refused = bridge.post("/alertmanager", webhook(alert({"alertname": "Fill", "instance": "i9"})))
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "ServiceUnavailable"
-    assert bridge.metric("flashduty_bridge_outbox_pending") == 3
+    wait_for(lambda: bridge.metric("flashduty_bridge_outbox_pending") == 3, what="gauge refresh")  # once a second
     assert bridge.metric("flashduty_bridge_alerts_received_total", source="alertmanager", outcome="unavailable") == 1
 
 

@@ -140,7 +140,7 @@ def test_kill_9_while_flashduty_is_down_loses_nothing_and_keeps_per_key_order(
     bridge = make_bridge(f"http://127.0.0.1:{port}/event/push/alert/standard")
     sent = flap(bridge, instances=5, rounds=3)
     wait_for(lambda: bridge.metric("flashduty_bridge_delivery_attempts_total", outcome="retry", code="network") >= 3)
-    assert bridge.metric("flashduty_bridge_outbox_pending") == 30
+    wait_for(lambda: bridge.metric("flashduty_bridge_outbox_pending") == 30, what="gauge refresh")
     assert bridge.proc is not None
     bridge.proc.kill9()
 

@@ -151,6 +151,8 @@ class Harness:
             rate_limits,
             clock=self.clock,
             rand=lambda: rand,
+            stats_interval=0.0,  # every pass refreshes stats and scans destinations: the pass counter
+            scan_interval=0.0,  # of CountingOutbox relies on it
         )
         dispatcher.start()
         self.dispatchers.append(dispatcher)
@@ -812,3 +814,25 @@ async def test_workers_limit_caps_concurrent_attempts(h: Harness) -> None:
     assert destination.max_active == 2
     assert sorted(destination.calls) == [f"e{i}" for i in range(5)]
     assert await h.outbox.stats() == OutboxStats(pending=0, dead=0, oldest_pending_created_at=None)
+
+
+async def test_default_dispatcher_scans_the_outbox_for_destinations_only_now_and_then(tmp_path: Path) -> None:
+    """With the default intervals, idle passes do not rescan every key nor recount the outbox each time."""
+    clock = FakeClock()
+    outbox = CountingOutbox(tmp_path / "scan", max_pending=10, clock=clock)
+    await outbox.open()
+    dispatcher = Dispatcher(outbox, {}, Metrics(CollectorRegistry()), DeliveryConfig(), {}, clock=clock)
+    dispatcher.start()
+    try:
+        for _ in range(20):
+            dispatcher.wake()
+            await asyncio.sleep(0.01)
+        assert outbox.passes == 1  # scanned once; the fake clock never moved 5 s
+        assert outbox.finished == 1
+        clock.advance(6)
+        dispatcher.wake()
+        await asyncio.sleep(0.05)
+        assert outbox.passes == 2 and outbox.finished == 2
+    finally:
+        await dispatcher.stop(timeout=1)
+        await outbox.close()

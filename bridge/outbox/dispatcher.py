@@ -42,6 +42,9 @@ LEASE_SECONDS = 300.0
 IDLE_POLL_SECONDS = 1.0
 #: Pause after a 429 without Retry-After.
 DEFAULT_429_PAUSE = 1.0
+#: How often the gauges are refreshed, and the outbox scanned for destinations without a lane.
+STATS_INTERVAL = 1.0
+UNKNOWN_SCAN_INTERVAL = 5.0
 #: Destination name used for events whose destination is no longer configured.
 UNKNOWN_DESTINATION = "unknown_destination"
 
@@ -78,6 +81,8 @@ class Dispatcher:
         *,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        stats_interval: float = STATS_INTERVAL,
+        scan_interval: float = UNKNOWN_SCAN_INTERVAL,
     ) -> None:
         self.outbox = outbox
         self.metrics = metrics
@@ -88,6 +93,10 @@ class Dispatcher:
         self._stopping = False
         self._feeder: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._stats_interval, self._scan_interval = stats_interval, scan_interval
+        self._stats_due = 0.0
+        self._scan_due = 0.0
+        self._orphans: list[str] = []
         self.lanes: dict[str, _Lane] = {}
         self.add_destinations(destinations, rate_limits or {})
 
@@ -155,14 +164,17 @@ class Dispatcher:
     async def _feed_once(self) -> None:
         started_any = False
         wake_at = self._clock() + IDLE_POLL_SECONDS
-        for name in await self.outbox.destinations():
+        for name in await self._destinations():
             free = self.config.workers - len(self._inflight)
             if free <= 0:
                 break
             lane = self.lanes.get(name)
             if lane is None:
-                await self._park_unknown(name, free)
-                wake_at = self._clock()  # the rest of that backlog can be parked right away
+                parked = await self._park_unknown(name, free)
+                if parked:
+                    wake_at = self._clock()  # the rest of that backlog can be parked right away
+                else:
+                    self._orphans.remove(name)
                 continue
             now = self._clock()
             budget = min(free, lane.limiter.available(now))
@@ -199,19 +211,32 @@ class Dispatcher:
                 lane.circuit.started()
                 self._spawn(lane, event)
                 started_any = True
-        await self._refresh_stats()
+        if self._clock() >= self._stats_due:
+            self._stats_due = self._clock() + self._stats_interval
+            await self._refresh_stats()
         if started_any and len(self._inflight) < self.config.workers:
             return  # there may be more due right away
         # Lanes held back (429 pause, full window, open circuit) set wake_at from their own
         # schedule, never from a backlog that is due but may not be sent: no busy polling.
         await self._idle(max(0.0, wake_at - self._clock()))
 
+    async def _destinations(self) -> list[str]:
+        """Destinations to look at: every lane, plus (rarely) ones only the outbox knows.
+
+        Asking the outbox for its destinations scans every key with pending events, which
+        is fine now and then but not on every pass over a large backlog.
+        """
+        if self._clock() >= self._scan_due:
+            self._scan_due = self._clock() + self._scan_interval
+            self._orphans = [name for name in await self.outbox.destinations() if name not in self.lanes]
+        return [*self.lanes, *self._orphans]
+
     def _spawn(self, lane: _Lane, event: Claimed) -> None:
         task = asyncio.get_running_loop().create_task(self._deliver(lane, event))
         self._inflight.add(task)
         task.add_done_callback(self._finished)
 
-    async def _park_unknown(self, name: str, limit: int) -> None:
+    async def _park_unknown(self, name: str, limit: int) -> int:
         """Events stored for a destination this config no longer has: keep them visible, never drop them."""
         # No coalescing here: every event of a retired destination stays visible.
         claim = await self.outbox.claim(name, limit, LEASE_SECONDS, coalesce=False)
@@ -219,6 +244,7 @@ class Dispatcher:
             await self.outbox.dead(event.id, UNKNOWN_DESTINATION, f"no destination {name!r} in the config", None)
             self.metrics.dead_lettered.labels(name, UNKNOWN_DESTINATION).inc()
             log.error("dead letter: %s %s for unknown destination %s", event.event_status, event.alert_key, name)
+        return len(claim.events)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
