@@ -1,7 +1,11 @@
 """Outbox storage: the :class:`Outbox` interface and its SQLite implementation.
 
-SQLite runs in WAL mode with ``synchronous=FULL``: when :meth:`SqliteOutbox.put`
-returns, the events are on disk and survive ``kill -9`` and power loss. All
+SQLite runs in WAL mode. Commits that accept events run with ``synchronous=FULL``:
+when :meth:`SqliteOutbox.put` returns, the events are on disk and survive ``kill -9``
+and power loss. Bookkeeping after delivery (acks, leases, retry times) commits with
+``synchronous=NORMAL``: it survives ``kill -9`` too, and the next FULL commit makes it
+durable; a power cut can only lose such an ack, which means one more delivery of an
+already delivered event (at least once), never a lost one. All
 database work happens on one dedicated thread; concurrent ``put`` calls that
 arrive while a commit is running are committed together in the next transaction
 (group commit), so one fsync serves many webhook requests.
@@ -268,7 +272,7 @@ class SqliteOutbox:
 
     def _prepare(self, db: sqlite3.Connection) -> None:
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA synchronous=NORMAL")  # FULL for the commits that accept events
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
         row = db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
@@ -320,8 +324,18 @@ class SqliteOutbox:
             raise OutboxUnavailable("outbox is not open")
         return self._db
 
-    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _transaction(self, work: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
+        """Run ``work`` in one transaction; ``durable`` fsyncs the commit (events accepted from a sender)."""
         db = self._conn()
+        if durable:
+            db.execute("PRAGMA synchronous=FULL")
+        try:
+            return self._in_transaction(db, work)
+        finally:
+            if durable:
+                db.execute("PRAGMA synchronous=NORMAL")
+
+    def _in_transaction(self, db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
         db.execute("BEGIN IMMEDIATE")
         try:
             result = work(db)
@@ -386,7 +400,7 @@ class SqliteOutbox:
                 results.append(stored)
             return results, pending
 
-        results, self._pending = self._transaction(work)
+        results, self._pending = self._transaction(work, durable=True)
         return results
 
     def _insert_one(self, db: sqlite3.Connection, event: NewEvent, now: float) -> bool:
