@@ -701,9 +701,7 @@ def run_image_command(tmp_path: Path, bin_dir: Path, *, read_only: bool) -> None
             timeout=10,
         )
         assert response.status_code == 200, response.text
-        wait_for(
-            lambda: httpx.get(f"http://{LOOPBACK}:{port}/-/dry-run").json()["events"], what="the dry-run event"
-        )
+        wait_for(lambda: httpx.get(f"http://{LOOPBACK}:{port}/-/dry-run").json()["events"], what="the dry-run event")
         assert any(p.name.startswith("outbox") for p in data.iterdir()), "the outbox lives in the volume"
 
         proc.signal(signal.SIGTERM)

@@ -83,4 +83,4 @@ def test_alerts_through_real_alertmanager_arrive_once_each_and_resolve_under_the
         assert per_key[key][-1] == "Ok", per_key
         assert per_key[key].count("Ok") == 1
     assert bridge.metric("flashduty_bridge_requests_total", source="alertmanager", outcome="accepted") >= 2
-    assert bridge.metric("flashduty_bridge_dead_letters") == 0
+    assert bridge.metric("flashduty_bridge_dead_lettered_total") == 0  # a counter: never stale
