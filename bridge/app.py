@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -21,7 +20,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -38,13 +36,12 @@ from bridge.config import DEFAULT_DESTINATION, Config, ConfigError
 from bridge.config import load as load_config
 from bridge.destinations.flashduty import DryRunDestination
 from bridge.emulate import STATUS_BY_CODE
-from bridge.limits import clean_text
 from bridge.metrics import Metrics
 from bridge.outbox import OutboxUnavailable, SqliteOutbox
 from bridge.outbox.dispatcher import Dispatcher
 from bridge.responses import envelope
 from bridge.routing import passthrough_destination
-from bridge.runtime import Prepared, Runtime
+from bridge.runtime import Runtime
 from bridge.sources import InvalidPayload, Skipped, alertmanager, grafana
 from bridge.sources import standard as standard_module
 from bridge.sources.standard import Rejection
@@ -72,40 +69,6 @@ async def read_body(request: Request, limit: int) -> bytes:
         if len(raw) > limit:
             raise BodyTooLarge(f"body exceeds the limit of {limit} bytes (max_body_bytes)")
     return bytes(raw)
-
-
-def decode_json(raw: bytes) -> Any:
-    """Decode a JSON body (raises InvalidPayload naming what is wrong)."""
-    if not raw.strip():
-        raise InvalidPayload("body is empty; expected a JSON object")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidPayload(f"body is not valid UTF-8 (byte {exc.start})") from None
-
-    def reject_constant(name: str) -> Any:
-        raise InvalidPayload(f"{name} is not valid JSON")
-
-    try:
-        body = json.loads(text, parse_constant=reject_constant)
-    except json.JSONDecodeError as exc:
-        raise InvalidPayload(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except RecursionError:
-        raise InvalidPayload("invalid JSON: nested too deeply") from None
-    if "\\u" in text:  # only escapes can smuggle in a lone surrogate
-        body = _without_lone_surrogates(body)
-    return body
-
-
-def _without_lone_surrogates(value: Any) -> Any:
-    """Replace lone surrogates with U+FFFD everywhere, as Go's JSON decoder does in Alertmanager."""
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, list):
-        return [_without_lone_surrogates(item) for item in value]
-    if isinstance(value, dict):
-        return {clean_text(key): _without_lone_surrogates(item) for key, item in value.items()}
-    return value
 
 
 @dataclass
@@ -180,7 +143,7 @@ async def receive(request: Request, name: str) -> Response:
     try:
         raw = await read_body(request, runtime.config.max_body_bytes)
         source.auth.verify(headers, raw)
-        body = standard_module.parse_body(raw, strict=False) if name == standard_module.SOURCE else decode_json(raw)
+        body = source.decode(raw)
         alerts = source.parse(body, headers, query)
     except BodyTooLarge as exc:
         metrics.requests.labels(name, "too_large").inc()
@@ -279,22 +242,14 @@ async def render(request: Request) -> Response:
     headers, query = dict(request.headers), dict(request.query_params)
     try:
         raw = await read_body(request, runtime.config.max_body_bytes)
-        body = standard_module.parse_body(raw, strict=False) if source.name == "standard" else decode_json(raw)
+        body = source.decode(raw)
         alerts = source.parse(body, headers, query)
     except (BodyTooLarge, InvalidPayload, Rejection) as exc:
         return envelope(400, request_id, code="InvalidParameter", message=str(exc))
     except Skipped as skip:
         return envelope(200, request_id, data={"events": [], "not_forwarded": skip.reason})
     prepared = runtime.prepare(source, alerts)
-    return envelope(200, request_id, data=rendered(prepared))
-
-
-def rendered(prepared: Prepared) -> dict[str, Any]:
-    """A render result as JSON: each event with its destination, and what went nowhere."""
-    return {
-        "events": [{"destination": new.destination, "event": event.to_body()} for new, event in prepared.events],
-        "unrouted": [{"alert": alert.labels, "reason": reason} for alert, reason in prepared.skipped],
-    }
+    return envelope(200, request_id, data=prepared.to_json())
 
 
 async def reload_config(request: Request) -> Response:

@@ -48,16 +48,8 @@ def prepare(runtime: Runtime, name: str, payload: Any, headers: dict[str, str], 
     source = runtime.sources.get(name)
     if source is None:
         raise KeyError(f"no source {name!r} in the config (have: {', '.join(sorted(runtime.sources))})")
-    if name == standard_module.SOURCE:
-        payload = standard_module.parse_body(json.dumps(payload).encode(), strict=False)
-    return runtime.prepare(source, source.parse(payload, headers, query))
-
-
-def as_json(prepared: Prepared) -> dict[str, Any]:
-    return {
-        "events": [{"destination": new.destination, "event": event.to_body()} for new, event in prepared.events],
-        "unrouted": [{"labels": alert.labels, "reason": reason} for alert, reason in prepared.skipped],
-    }
+    body = source.decode(json.dumps(payload).encode())  # exactly as serve decodes it
+    return runtime.prepare(source, source.parse(body, headers, query))
 
 
 def _pairs(items: list[str]) -> dict[str, str]:
@@ -77,7 +69,7 @@ def render(args: argparse.Namespace) -> int:
     except Skipped as skip:
         print(json.dumps({"events": [], "not_forwarded": skip.reason}, indent=2))
         return 0
-    print(json.dumps(as_json(prepared), indent=2, ensure_ascii=False))
+    print(json.dumps(prepared.to_json(), indent=2, ensure_ascii=False))
     return 0
 
 

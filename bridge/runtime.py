@@ -24,7 +24,7 @@ from bridge.metrics import Metrics
 from bridge.models import Alert, Event
 from bridge.outbox import NewEvent
 from bridge.routing import Router, Skip
-from bridge.sources import alertmanager, grafana, standard
+from bridge.sources import alertmanager, decode_json, grafana, standard
 from bridge.sources.templated import Overrides, TemplateSource
 
 #: Parse a decoded body (with the request's headers and query) into alerts.
@@ -39,6 +39,8 @@ class Source:
     parse: Parser
     auth: AuthConfig
     mapper: Mapper
+    #: Raw body -> decoded body; raises InvalidPayload (or Rejection for the standard API).
+    decode: Callable[[bytes], Any] = decode_json
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,13 @@ class Prepared:
 
     events: list[tuple[NewEvent, Event]] = field(default_factory=list)
     skipped: list[tuple[Alert, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """For render: each event with its destination, and what went nowhere and why."""
+        return {
+            "events": [{"destination": new.destination, "event": event.to_body()} for new, event in self.events],
+            "unrouted": [{"labels": alert.labels, "reason": reason} for alert, reason in self.skipped],
+        }
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,8 @@ def sources(config: Config, metrics: Metrics) -> dict[str, Source]:
             lambda body, headers, query: [standard.parse(body)],
             config.standard_auth,
             Mapper(SourceMapping(key_prefix=standard.SOURCE, allow_tpl_titles=True), metrics),
+            # Decoded as Flashduty decodes it, so the bridge answers with Flashduty's own errors.
+            lambda raw: standard.parse_body(raw, strict=False),
         ),
     }
     for name, settings in config.sources.items():

@@ -5,7 +5,12 @@ A source knows its sender's format and nothing else: no limits, no Flashduty.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from pydantic import ValidationError
+
+from bridge.limits import clean_text
 
 
 class InvalidPayload(ValueError):
@@ -37,3 +42,37 @@ class Skipped(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+def decode_json(raw: bytes) -> Any:
+    """Decode a JSON body (raises InvalidPayload naming what is wrong)."""
+    if not raw.strip():
+        raise InvalidPayload("body is empty; expected a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidPayload(f"body is not valid UTF-8 (byte {exc.start})") from None
+
+    def reject_constant(name: str) -> Any:
+        raise InvalidPayload(f"{name} is not valid JSON")
+
+    try:
+        body = json.loads(text, parse_constant=reject_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidPayload(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise InvalidPayload("invalid JSON: nested too deeply") from None
+    if "\\u" in text:  # only escapes can smuggle in a lone surrogate
+        body = _without_lone_surrogates(body)
+    return body
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """Replace lone surrogates with U+FFFD everywhere, as Go's JSON decoder does in Alertmanager."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {clean_text(key): _without_lone_surrogates(item) for key, item in value.items()}
+    return value
