@@ -34,7 +34,7 @@ from bridge import runtime as runtime_module
 from bridge.auth import Unauthorized
 from bridge.config import DEFAULT_DESTINATION, Config, ConfigError
 from bridge.config import load as load_config
-from bridge.destinations.flashduty import DryRunDestination
+from bridge.destinations.flashduty import DryRunDestination, http_client
 from bridge.emulate import STATUS_BY_CODE
 from bridge.metrics import Metrics
 from bridge.outbox import OutboxUnavailable, SqliteOutbox
@@ -318,14 +318,7 @@ def create_app(
             clock=clock,
         )
         await outbox.open()
-        http = httpx.AsyncClient(
-            timeout=httpx.Timeout(config.flashduty.timeout),
-            limits=httpx.Limits(
-                max_connections=config.delivery.workers, max_keepalive_connections=config.delivery.workers
-            ),
-            headers={"User-Agent": f"flashduty-bridge/{__version__}"},
-            trust_env=True,
-        )
+        http = http_client(config.flashduty.timeout, config.delivery.workers)
         runtime = runtime_module.build(config, metrics, http)
         dispatcher = Dispatcher(
             outbox, runtime.destinations, metrics, config.delivery, runtime.rate_limits, clock=clock

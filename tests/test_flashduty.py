@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
 import httpx
 import pytest
 
-from bridge.destinations import Reason, Verdict
-from bridge.destinations.flashduty import FlashdutyDestination, redact, with_integration_key
+from bridge.destinations import Outcome, Reason, Verdict
+from bridge.destinations.flashduty import FlashdutyDestination, http_client, redact, with_integration_key
 from tests.support.procs import free_port
 
 KEY = "k3y/with+odd=chars&more"
 
 
 def destination(url: str = "http://127.0.0.1:1/event/push/alert/standard") -> FlashdutyDestination:
-    return FlashdutyDestination("default", url, KEY, httpx.AsyncClient(), timeout=2.0)
+    return FlashdutyDestination("default", url, KEY, http_client(timeout=2.0, connections=4), timeout=2.0)
 
 
 def test_integration_key_is_set_and_other_query_parameters_kept() -> None:
@@ -93,5 +97,88 @@ async def test_connection_refused_is_a_retryable_network_error() -> None:
     """Nothing listening on the port: retry, reason network, and no key in the message."""
     target = destination(f"http://127.0.0.1:{free_port()}/event/push/alert/standard")
     outcome = await target.send('{"title_rule": "x", "event_status": "Info"}')
+    await target._client.aclose()
     assert (outcome.verdict, outcome.reason) == (Verdict.RETRY, Reason.NETWORK)
     assert KEY not in outcome.message
+
+
+@contextlib.asynccontextmanager
+async def raw_peer(answer: Callable[[asyncio.StreamWriter], Awaitable[None]]) -> AsyncIterator[str]:
+    """A TCP peer on loopback that reads the request head and then misbehaves as ``answer`` says."""
+
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await answer(writer)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/event/push/alert/standard"
+    finally:
+        server.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def send_to(url: str, timeout: float = 2.0) -> Outcome:
+    target = FlashdutyDestination("default", url, KEY, http_client(timeout, connections=2), timeout)
+    try:
+        return await target.send('{"title_rule": "x", "event_status": "Info"}')
+    finally:
+        await target._client.aclose()
+
+
+async def test_a_peer_that_never_answers_is_a_retryable_timeout() -> None:
+    async def silent(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    async with raw_peer(silent) as url:
+        outcome = await send_to(url, timeout=0.3)
+    assert (outcome.verdict, outcome.reason, outcome.code) == (Verdict.RETRY, Reason.TIMEOUT, "timeout")
+    assert KEY not in outcome.message
+
+
+async def test_an_answer_trickling_past_the_deadline_is_a_timeout() -> None:
+    """Each byte arrives well within a read timeout; the whole answer does not arrive within the deadline."""
+
+    async def trickle(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        for _ in range(1000):
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    async with raw_peer(trickle) as url:
+        outcome = await send_to(url, timeout=0.5)
+    assert (outcome.verdict, outcome.reason) == (Verdict.RETRY, Reason.TIMEOUT)
+
+
+async def test_a_peer_closing_mid_answer_is_a_retryable_network_error() -> None:
+    async def hang_up(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
+        await writer.drain()
+
+    async with raw_peer(hang_up) as url:
+        outcome = await send_to(url)
+    assert (outcome.verdict, outcome.reason, outcome.code) == (Verdict.RETRY, Reason.NETWORK, "network")
+    assert KEY not in outcome.message
+
+
+async def test_a_garbled_status_line_is_a_retryable_network_error() -> None:
+    async def garble(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+
+    async with raw_peer(garble) as url:
+        outcome = await send_to(url)
+    assert (outcome.verdict, outcome.reason) == (Verdict.RETRY, Reason.NETWORK)

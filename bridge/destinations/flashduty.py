@@ -1,6 +1,7 @@
 """Flashduty's standard alert endpoint: one POST per event, classified by error code.
 
-This is the only module that knows httpx's exceptions. Every answer is classified by
+This is the only module that knows the HTTP client's exceptions (httpx's, and aiohttp's
+from the transport underneath it). Every answer is classified by
 the envelope's ``error.code`` first (several permanent errors share HTTP 400, and a
 2xx may carry an ``error`` object), then by HTTP status.
 
@@ -10,6 +11,7 @@ this module produces passes through :func:`redact`.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
@@ -17,8 +19,11 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
+from bridge import __version__
 from bridge.destinations import Outcome, Reason, Verdict
 
 log = logging.getLogger("bridge.flashduty")
@@ -83,6 +88,24 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def http_client(timeout: float, connections: int) -> httpx.AsyncClient:
+    """The shared client for every Flashduty destination: the httpx API over aiohttp's transport.
+
+    httpx's own transport (httpcore) spends 1.5 to 2.5 ms of CPU per request here; aiohttp's
+    about 0.2 ms, which is what lets one process deliver thousands of events per second. The
+    pool holds at most ``connections`` (one per delivery worker). Proxies from the environment
+    still apply (httpx routes proxied URLs through its own transport).
+    """
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout),
+        limits=limits,
+        transport=AiohttpTransport(limits=limits, trust_env=True),
+        headers={"User-Agent": f"flashduty-bridge/{__version__}"},
+        trust_env=True,
+    )
+
+
 def _code_label(code: str) -> str:
     return code if code in KNOWN_CODES else "other"
 
@@ -103,7 +126,9 @@ class FlashdutyDestination:
 
     async def send(self, body: str) -> Outcome:
         try:
-            async with self._client.stream(
+            # One deadline for the whole attempt: the transport's timeouts are per socket
+            # operation, so a peer that trickles its answer would otherwise hold a worker forever.
+            async with asyncio.timeout(self._timeout), self._client.stream(
                 "POST",
                 self._url,
                 content=body.encode(),
@@ -115,16 +140,28 @@ class FlashdutyDestination:
                     raw += chunk
                     if len(raw) > _MAX_RESPONSE_BYTES:
                         break
-        except httpx.TimeoutException as exc:
-            return Outcome(Verdict.RETRY, Reason.TIMEOUT, "timeout", self._describe(exc))
-        except httpx.TransportError as exc:
-            return Outcome(Verdict.RETRY, Reason.NETWORK, "network", self._describe(exc))
-        except httpx.HTTPError as exc:  # invalid URL and friends: retrying cannot help
-            return Outcome(Verdict.GIVE_UP, Reason.REJECTED, "client", self._describe(exc))
+        except (httpx.HTTPError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return self._failed(exc)
         return self.classify(response.status_code, raw, response.headers.get("Retry-After"))
 
-    def _describe(self, exc: Exception) -> str:
-        return redact(f"{type(exc).__name__}: {exc}", self._key)[:_MAX_MESSAGE_CHARS]
+    def _failed(self, exc: Exception) -> Outcome:
+        """No answer: classify by the underlying aiohttp error where there is one.
+
+        httpx-aiohttp translates a refused connection into ``httpx.ConnectTimeout``; the
+        original error says what really happened.
+        """
+        cause = exc.__cause__ if isinstance(exc.__cause__, (aiohttp.ClientError, OSError)) else exc
+        if isinstance(cause, (TimeoutError, httpx.TimeoutException)):  # aiohttp's timeouts are TimeoutErrors
+            return Outcome(Verdict.RETRY, Reason.TIMEOUT, "timeout", self._describe(cause))
+        if isinstance(cause, (httpx.TransportError, aiohttp.ClientError, OSError)):
+            # Refused, reset, closed mid-answer, a malformed status line: network trouble.
+            return Outcome(Verdict.RETRY, Reason.NETWORK, "network", self._describe(cause))
+        # Invalid URL and friends: retrying cannot help.
+        return Outcome(Verdict.GIVE_UP, Reason.REJECTED, "client", self._describe(cause))
+
+    def _describe(self, exc: BaseException) -> str:
+        detail = str(exc) or f"no complete answer within {self._timeout:g}s"
+        return redact(f"{type(exc).__name__}: {detail}", self._key)[:_MAX_MESSAGE_CHARS]
 
     def classify(self, status: int, raw: bytes, retry_after_header: str | None) -> Outcome:
         """Turn one HTTP answer into an :class:`Outcome` (public for tests)."""
