@@ -492,6 +492,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-minute", type=_positive, default=EmulatorSettings.per_minute)
     parser.add_argument("--keys", default=None, metavar="K1,K2", help="accepted integration keys (default: any)")
     parser.add_argument("--lenient", action="store_true", help="truncate and ignore like the real service")
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="info logs every request (the default); warning keeps a benchmark's receiver quiet",
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -502,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --keys needs at least one non-empty key")
         return 2
     host, port = args.listen
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         if not ipaddress.ip_address(host).is_loopback:
             logger.warning("listening on %s, not loopback: /-/events shows integration keys to anyone", host)
@@ -512,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = EmulatorSettings(args.per_second, args.per_minute, keys, strict=not args.lenient)
     logger.info("emulator on http://%s:%d%s (strict=%s)", host, port, PUSH_PATH, settings.strict)
     try:  # access_log=False: uvicorn's access log would print the integration_key from the query string
-        uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_level="info")
+        uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_level=args.log_level)
     except SystemExit as exc:  # uvicorn exits when it cannot bind
         return exc.code if isinstance(exc.code, int) else 1
     return 0

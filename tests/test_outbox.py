@@ -910,6 +910,53 @@ async def test_concurrent_puts_are_group_committed_and_keep_per_call_order(tmp_p
     assert len(transactions) < requests
 
 
+async def test_concurrent_acks_share_transactions_and_each_frees_its_key(tmp_path: Path) -> None:
+    """Acks gathered at once (many deliveries finishing together) commit in fewer transactions than acks."""
+    clock = CountingClock()
+    box = SqliteOutbox(tmp_path / "outbox", max_pending=1000, clock=clock)
+    await box.open()
+    keys = 40
+    try:
+        # Firing then Ok per key (an Ok is never coalesced away).
+        await box.put([ev(f"k{i}", f"{i}:{n}", status=("Critical", "Ok")[n]) for n in range(2) for i in range(keys)])
+        first = await claim(box, keys)
+        assert sorted(event.body for event in first) == sorted(f"{i}:0" for i in range(keys))
+        await asyncio.gather(*(box.delivered(event.id) for event in first))
+        second = await claim(box, keys)  # every key's next event is now its head
+        pending = (await box.stats()).pending
+        db = sqlite3.connect(box.path)
+        try:
+            delivered_at = [row[0] for row in db.execute("SELECT delivered_at FROM key_state")]
+        finally:
+            db.close()
+    finally:
+        await box.close()
+    assert sorted(event.body for event in second) == sorted(f"{i}:1" for i in range(keys))
+    assert pending == keys
+    assert len(delivered_at) == keys
+    assert len(set(delivered_at)) < keys
+
+
+async def test_a_failed_group_transaction_fails_every_caller_and_keeps_the_pending_count(tmp_path: Path) -> None:
+    """One broken write rolls back the whole group; the others hear about it and nothing is half-counted."""
+    box = SqliteOutbox(tmp_path / "outbox", max_pending=1000)
+    await box.open()
+    try:
+
+        def broken(db: sqlite3.Connection, now: float) -> None:
+            db.execute("INSERT INTO no_such_table VALUES (1)")
+
+        results = await asyncio.gather(
+            box.put([ev("a", "a1")]), box._write(broken), box.put([ev("b", "b1")]), return_exceptions=True
+        )
+        after = (await box.stats()).pending
+        stored = rows(box.path)
+    finally:
+        await box.close()
+    assert all(isinstance(result, OutboxUnavailable) for result in results), results
+    assert (after, stored) == (0, [])
+
+
 # -- stats and scheduling ---------------------------------------------------------------------------
 
 

@@ -334,3 +334,16 @@ def test_neutral_outcome_of_the_probe_allows_another_probe() -> None:
     assert breaker.allowance(1010.0) == 1
     breaker.started()
     assert breaker.allowance(1010.0) == 0
+
+
+def test_resize_keeps_what_was_sent_so_a_reload_cannot_reopen_full_windows() -> None:
+    limiter = RateLimiter(per_second=5, per_minute=8)
+    for _ in range(5):
+        limiter.take(1000.0)
+    limiter.resize(per_second=3, per_minute=8)  # smaller: the five sends still fill the second
+    assert limiter.available(1000.5) == 0
+    limiter.resize(per_second=10, per_minute=8)  # larger: only the minute's remaining room is free
+    assert limiter.available(1000.5) == 3
+    assert limiter.headroom(1000.5) == {"second": 5, "minute": 3}
+    second, _ = windows(limiter)
+    assert limiter.available(1000.0 + second + 0.001) == 3  # the minute window still holds all five

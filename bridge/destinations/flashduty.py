@@ -128,13 +128,16 @@ class FlashdutyDestination:
         try:
             # One deadline for the whole attempt: the transport's timeouts are per socket
             # operation, so a peer that trickles its answer would otherwise hold a worker forever.
-            async with asyncio.timeout(self._timeout), self._client.stream(
-                "POST",
-                self._url,
-                content=body.encode(),
-                headers={"Content-Type": "application/json"},
-                timeout=self._timeout,
-            ) as response:
+            async with (
+                asyncio.timeout(self._timeout),
+                self._client.stream(
+                    "POST",
+                    self._url,
+                    content=body.encode(),
+                    headers={"Content-Type": "application/json"},
+                    timeout=self._timeout,
+                ) as response,
+            ):
                 raw = b""
                 async for chunk in response.aiter_bytes():
                     raw += chunk

@@ -190,11 +190,9 @@ class Dispatcher:
                 wake_at = min(wake_at, max(later, now + 0.001))
                 continue
             claim = await self.outbox.claim(name, budget, LEASE_SECONDS)
-            if len(claim.events) < budget:
+            if claim.next_due is not None:
                 # Nothing more is due for this lane now: wake when its next event is.
-                next_due = await self.outbox.next_due(name)
-                if next_due is not None:
-                    wake_at = min(wake_at, next_due)
+                wake_at = min(wake_at, claim.next_due)
             if claim.coalesced:
                 self.metrics.coalesced.labels(name).inc(claim.coalesced)
             for event in claim.expired:

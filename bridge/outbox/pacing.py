@@ -28,51 +28,50 @@ _EPSILON = 1e-6
 
 
 class RateLimiter:
-    """Sliding-window admission for one integration key (both windows must have room)."""
+    """Sliding-window admission for one integration key (both windows must have room).
+
+    Each window keeps its own log of send times, trimmed as the window slides and never
+    longer than its limit (older sends cannot matter once the window is full), so
+    admission costs the same at 100 events/s as at 5,000.
+    """
 
     def __init__(self, per_second: int, per_minute: int) -> None:
-        self.windows = ((1.0 + SECOND_MARGIN, per_second), (60.0 + MINUTE_MARGIN, per_minute))
-        self._sent: deque[float] = deque()
         self._reserved = 0  # admitted, not sent yet: they count against both windows
         self._paused_until = 0.0
+        self._logs: tuple[deque[float], ...] = ()
+        self.resize(per_second, per_minute)
 
     def resize(self, per_second: int, per_minute: int) -> None:
         """New limits (reload), keeping the log of what was sent."""
         self.windows = ((1.0 + SECOND_MARGIN, per_second), (60.0 + MINUTE_MARGIN, per_minute))
+        kept = max(self._logs, key=len, default=deque())  # the minute log holds every recent send
+        self._logs = tuple(deque(kept, maxlen=limit) for _, limit in self.windows)
 
-    def _trim(self, now: float) -> None:
-        longest = self.windows[-1][0]
-        while self._sent and self._sent[0] <= now - longest:
-            self._sent.popleft()
-
-    def _count(self, now: float, length: float) -> int:
-        count = 0
-        for sent in reversed(self._sent):
-            if sent <= now - length:
-                break
-            count += 1
-        return count
+    def _in_windows(self, now: float) -> tuple[deque[float], ...]:
+        """Each window's sends, with those that left the window dropped."""
+        for (length, _), log in zip(self.windows, self._logs, strict=True):
+            while log and log[0] <= now - length:
+                log.popleft()
+        return self._logs
 
     def available(self, now: float) -> int:
         """How many requests may start now."""
         if now < self._paused_until:
             return 0
-        self._trim(now)
-        return max(0, min(limit - self._count(now, length) - self._reserved for length, limit in self.windows))
+        logs = zip(self.windows, self._in_windows(now), strict=True)
+        return max(0, min(limit - len(log) - self._reserved for (_, limit), log in logs))
 
     def next_free(self, now: float) -> float:
         """The earliest time a request may start (``now`` if one may start now)."""
-        self._trim(now)
         ready = max(now, self._paused_until)
-        for length, limit in self.windows:
-            in_window = [sent for sent in self._sent if sent > now - length]
+        for (length, limit), log in zip(self.windows, self._in_windows(now), strict=True):
             room = limit - self._reserved
             if room <= 0:
                 return max(ready, now + length)  # reserved requests are about to be stamped; look again then
-            if len(in_window) >= room:
+            if len(log) >= room:
                 # Room appears when the oldest request that fills the window leaves it (a hair after,
                 # so float rounding in ``now - length`` cannot leave it counted at that instant).
-                ready = max(ready, in_window[len(in_window) - room] + length + _EPSILON)
+                ready = max(ready, log[len(log) - room] + length + _EPSILON)
         return ready
 
     def reserve(self) -> None:
@@ -82,7 +81,8 @@ class RateLimiter:
     def stamp(self, now: float) -> None:
         """The reserved request is being sent now."""
         self._reserved = max(0, self._reserved - 1)
-        self._sent.append(now)
+        for log in self._logs:
+            log.append(now)
 
     def take(self, now: float) -> None:
         """Admit and send at once (reserve and stamp)."""
@@ -95,9 +95,9 @@ class RateLimiter:
 
     def headroom(self, now: float) -> dict[str, int]:
         """Requests left in each window now, for metrics."""
-        self._trim(now)
-        (second, per_second), (minute, per_minute) = self.windows
-        used_second, used_minute = self._count(now, second) + self._reserved, self._count(now, minute) + self._reserved
+        (_, per_second), (_, per_minute) = self.windows
+        second, minute = self._in_windows(now)
+        used_second, used_minute = len(second) + self._reserved, len(minute) + self._reserved
         return {"second": per_second - used_second, "minute": per_minute - used_minute}
 
 

@@ -6,9 +6,11 @@ and power loss. Bookkeeping after delivery (acks, leases, retry times) commits w
 ``synchronous=NORMAL``: it survives ``kill -9`` too, and the next FULL commit makes it
 durable; a power cut can only lose such an ack, which means one more delivery of an
 already delivered event (at least once), never a lost one. All
-database work happens on one dedicated thread; concurrent ``put`` calls that
-arrive while a commit is running are committed together in the next transaction
-(group commit), so one fsync serves many webhook requests.
+database work happens on one dedicated thread. Every write (puts from webhook
+requests, and the dispatcher's claims and acks) waits in one queue; whatever
+arrives while a transaction runs is committed together in the next one (group
+commit), so one transaction and at most one fsync serve many requests and many
+deliveries.
 
 Tables:
 
@@ -144,6 +146,17 @@ class ClaimResult:
     events: list[Claimed] = field(default_factory=list)
     coalesced: int = 0  # intermediate firing states superseded by a newer one of the same key
     expired: list[Claimed] = field(default_factory=list)  # pending longer than max_age: now dead letters
+    #: When fewer than asked were claimed: when the destination's next event is due (None: nothing waits).
+    next_due: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One caller's work in the next group transaction, and where its result goes."""
+
+    work: Callable[[sqlite3.Connection, float], Any]  # (connection, the transaction's clock reading)
+    durable: bool
+    future: asyncio.Future[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,8 +250,8 @@ class SqliteOutbox:
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._pending = 0
-        # Group commit: puts waiting for the next transaction, and whether one is running.
-        self._queued: list[tuple[Sequence[NewEvent], asyncio.Future[list[bool]]]] = []
+        # Group commit: writes waiting for the next transaction, and whether one is running.
+        self._queued: list[_Write] = []
         self._committing = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -353,8 +366,30 @@ class SqliteOutbox:
     async def put(self, events: Sequence[NewEvent]) -> list[bool]:
         if not events:
             return []
-        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
-        self._queued.append((events, future))
+
+        def work(db: sqlite3.Connection, now: float) -> list[bool] | None:
+            if self._pending + len(events) > self.max_pending:
+                return None
+            stored = [self._insert_one(db, event, now) for event in events]
+            self._pending += sum(stored)
+            return stored
+
+        stored = await self._write(work, durable=True)
+        if stored is None:
+            raise OutboxFull(f"outbox holds {self.max_pending} pending events")
+        return stored
+
+    async def _write(self, work: Callable[[sqlite3.Connection, float], T], *, durable: bool = False) -> T:
+        """Run ``work`` in the next group transaction; ``durable`` fsyncs that transaction's commit.
+
+        ``work`` gets the connection and the clock, read once per transaction.
+
+        Everything queued while a transaction runs goes into the next one, in arrival order, so
+        each work sees the effects of the works queued before it. A failure rolls back the whole
+        transaction and every caller in it hears about it.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queued.append(_Write(work, durable, future))
         if not self._committing:
             self._committing = True
             asyncio.get_running_loop().create_task(self._commit_queued())
@@ -365,43 +400,30 @@ class SqliteOutbox:
             while self._queued:
                 batch, self._queued = self._queued, []
                 try:
-                    results = await self._run(self._insert, [events for events, _ in batch])
+                    results = await self._run(self._commit, batch)
                 except Exception as exc:  # every waiter must hear about it, whatever it is
                     failure = (
                         exc if isinstance(exc, OutboxUnavailable) else OutboxUnavailable(f"outbox write failed: {exc}")
                     )
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(failure)
+                    for write in batch:
+                        if not write.future.done():
+                            write.future.set_exception(failure)
                     continue
-                for (_, future), stored in zip(batch, results, strict=True):
-                    if future.done():
-                        continue
-                    if stored is None:
-                        future.set_exception(OutboxFull(f"outbox holds {self.max_pending} pending events"))
-                    else:
-                        future.set_result(stored)
+                for write, result in zip(batch, results, strict=True):
+                    if not write.future.done():  # its caller may have been cancelled
+                        write.future.set_result(result)
         finally:
             self._committing = False
 
-    def _insert(self, requests: list[Sequence[NewEvent]]) -> list[list[bool] | None]:
-        """Insert several requests' events in one transaction; each request all or nothing."""
-        now = self._clock()
-
-        def work(db: sqlite3.Connection) -> tuple[list[list[bool] | None], int]:
-            results: list[list[bool] | None] = []
-            pending = self._pending
-            for events in requests:
-                if pending + len(events) > self.max_pending:
-                    results.append(None)
-                    continue
-                stored = [self._insert_one(db, event, now) for event in events]
-                pending += sum(stored)
-                results.append(stored)
-            return results, pending
-
-        results, self._pending = self._transaction(work, durable=True)
-        return results
+    def _commit(self, batch: list[_Write]) -> list[Any]:
+        pending, now = self._pending, self._clock()
+        try:
+            return self._transaction(
+                lambda db: [write.work(db, now) for write in batch], durable=any(write.durable for write in batch)
+            )
+        except BaseException:
+            self._pending = pending  # the works counted changes that were rolled back
+            raise
 
     def _insert_one(self, db: sqlite3.Connection, event: NewEvent, now: float) -> bool:
         key = (event.destination, event.alert_key)
@@ -451,12 +473,7 @@ class SqliteOutbox:
         return [row[0] for row in self._conn().execute("SELECT DISTINCT destination FROM heads")]
 
     async def claim(self, destination: str, limit: int, lease_seconds: float, *, coalesce: bool = True) -> ClaimResult:
-        return await self._run(self._claim, destination, limit, lease_seconds, coalesce)
-
-    def _claim(self, destination: str, limit: int, lease_seconds: float, coalesce: bool = True) -> ClaimResult:
-        now = self._clock()
-
-        def work(db: sqlite3.Connection) -> ClaimResult:
+        def work(db: sqlite3.Connection, now: float) -> ClaimResult:
             result = ClaimResult()
             coalesced = 0
             while len(result.events) < limit:
@@ -489,9 +506,10 @@ class SqliteOutbox:
                         (now + lease_seconds, event.destination, event.alert_key),
                     )
                     result.events.append(event)
-            return ClaimResult(result.events, coalesced, result.expired)
+            next_due = self._next_due(destination) if len(result.events) < limit else None
+            return ClaimResult(result.events, coalesced, result.expired, next_due)
 
-        return self._transaction(work)
+        return await self._write(work)
 
     def _next_is_firing(self, db: sqlite3.Connection, event: Claimed) -> bool:
         row = db.execute(
@@ -524,12 +542,7 @@ class SqliteOutbox:
         return (row[0], row[1]) if row else None
 
     async def delivered(self, event_id: int) -> None:
-        await self._run(self._delivered, event_id)
-
-    def _delivered(self, event_id: int) -> None:
-        now = self._clock()
-
-        def work(db: sqlite3.Connection) -> None:
+        def work(db: sqlite3.Connection, now: float) -> None:
             key = self._key_of(db, event_id)
             if key is None:
                 return
@@ -542,13 +555,10 @@ class SqliteOutbox:
             )
             self._advance(db, *key, now)
 
-        self._transaction(work)
+        await self._write(work)
 
     async def retry_later(self, event_id: int, at: float, code: str, error: str) -> None:
-        await self._run(self._retry_later, event_id, at, code, error)
-
-    def _retry_later(self, event_id: int, at: float, code: str, error: str) -> None:
-        def work(db: sqlite3.Connection) -> None:
+        def work(db: sqlite3.Connection, now: float) -> None:
             db.execute(
                 "UPDATE events SET attempts = attempts + 1, last_code = ?, last_error = ? WHERE id = ?",
                 (code, error, event_id),
@@ -559,14 +569,10 @@ class SqliteOutbox:
                 (at, event_id, event_id),
             )
 
-        self._transaction(work)
+        await self._write(work)
 
     async def dead(self, event_id: int, code: str, error: str, request_id: str | None) -> None:
-        await self._run(self._dead, event_id, code, error, request_id)
-
-    def _dead(self, event_id: int, code: str, error: str, request_id: str | None) -> None:
-        now = self._clock()
-        self._transaction(lambda db: self._park(db, event_id, code, error, request_id, now))
+        await self._write(lambda db, now: self._park(db, event_id, code, error, request_id, now))
 
     def _park(
         self,
