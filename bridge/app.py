@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,7 +33,7 @@ from bridge import runtime as runtime_module
 from bridge.auth import Unauthorized
 from bridge.config import DEFAULT_DESTINATION, Config, ConfigError
 from bridge.config import load as load_config
-from bridge.destinations.flashduty import DryRunDestination, http_client
+from bridge.destinations.flashduty import DryRunDestination, Transports
 from bridge.emulate import STATUS_BY_CODE
 from bridge.metrics import Metrics
 from bridge.outbox import OutboxUnavailable, SqliteOutbox
@@ -79,7 +78,7 @@ class Bridge:
     metrics: Metrics
     outbox: SqliteOutbox
     dispatcher: Dispatcher
-    http: httpx.AsyncClient
+    http: Transports
     runtime: Runtime
     dry_run_log: DryRunDestination | None
 
@@ -318,7 +317,7 @@ def create_app(
             clock=clock,
         )
         await outbox.open()
-        http = http_client(config.flashduty.timeout, config.delivery.workers)
+        http = Transports(config.delivery.workers)
         runtime = runtime_module.build(config, metrics, http)
         dispatcher = Dispatcher(
             outbox, runtime.destinations, metrics, config.delivery, runtime.rate_limits, clock=clock

@@ -13,12 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from bridge.auth import AuthConfig
 from bridge.config import DEFAULT_DESTINATION, Config, ConfigError, RateLimitConfig, SourceMapping
 from bridge.destinations import Destination
-from bridge.destinations.flashduty import DryRunDestination, FlashdutyDestination
+from bridge.destinations.flashduty import DryRunDestination, FlashdutyDestination, Transports
 from bridge.mapping import Mapper
 from bridge.metrics import Metrics
 from bridge.models import Alert, Event
@@ -118,7 +116,7 @@ def integration_keys(config: Config) -> dict[str, str]:
     return keys
 
 
-def build(config: Config, metrics: Metrics, http: httpx.AsyncClient) -> Runtime:
+def build(config: Config, metrics: Metrics, http: Transports) -> Runtime:
     """Destinations, router and mapper for ``config`` (raises ConfigError for unreadable keys)."""
     keys = integration_keys(config)
     destinations: dict[str, Destination] = {}
@@ -128,7 +126,7 @@ def build(config: Config, metrics: Metrics, http: httpx.AsyncClient) -> Runtime:
     for name, key in keys.items():
         settings = config.destinations.get(name)
         url = (settings.url if settings else None) or config.flashduty.url
-        destinations[name] = FlashdutyDestination(name, url, key, http, config.flashduty.timeout)
+        destinations[name] = FlashdutyDestination(name, url, key, http.for_url(url), config.flashduty.timeout)
         rate_limits[name] = (settings.rate_limit if settings else None) or config.flashduty.rate_limit
     return Runtime(config, Router(config), sources(config, metrics), destinations, rate_limits)
 
@@ -166,9 +164,10 @@ def sources(config: Config, metrics: Metrics) -> dict[str, Source]:
     return found
 
 
-def passthrough(config: Config, name: str, key: str, http: httpx.AsyncClient) -> FlashdutyDestination:
+def passthrough(config: Config, name: str, key: str, http: Transports) -> FlashdutyDestination:
     """A destination for a key that arrived in a sender's URL."""
-    return FlashdutyDestination(name, config.flashduty.url, key, http, config.flashduty.timeout)
+    url = config.flashduty.url
+    return FlashdutyDestination(name, url, key, http.for_url(url), config.flashduty.timeout)
 
 
 def secrets(keys: dict[str, str]) -> list[str]:

@@ -10,14 +10,20 @@ import httpx
 import pytest
 
 from bridge.destinations import Outcome, Reason, Verdict
-from bridge.destinations.flashduty import FlashdutyDestination, http_client, redact, with_integration_key
+from bridge.destinations.flashduty import (
+    FlashdutyDestination,
+    Transports,
+    environment_proxy,
+    redact,
+    with_integration_key,
+)
 from tests.support.procs import free_port
 
 KEY = "k3y/with+odd=chars&more"
 
 
 def destination(url: str = "http://127.0.0.1:1/event/push/alert/standard") -> FlashdutyDestination:
-    return FlashdutyDestination("default", url, KEY, http_client(timeout=2.0, connections=4), timeout=2.0)
+    return FlashdutyDestination("default", url, KEY, Transports(connections=4).for_url(url), timeout=2.0)
 
 
 def test_integration_key_is_set_and_other_query_parameters_kept() -> None:
@@ -97,21 +103,25 @@ async def test_connection_refused_is_a_retryable_network_error() -> None:
     """Nothing listening on the port: retry, reason network, and no key in the message."""
     target = destination(f"http://127.0.0.1:{free_port()}/event/push/alert/standard")
     outcome = await target.send('{"title_rule": "x", "event_status": "Info"}')
-    await target._client.aclose()
+    await target._transport.aclose()
     assert (outcome.verdict, outcome.reason) == (Verdict.RETRY, Reason.NETWORK)
     assert KEY not in outcome.message
 
 
 @contextlib.asynccontextmanager
-async def raw_peer(answer: Callable[[asyncio.StreamWriter], Awaitable[None]]) -> AsyncIterator[str]:
-    """A TCP peer on loopback that reads the request head and then misbehaves as ``answer`` says."""
+async def raw_peer(
+    answer: Callable[[asyncio.StreamWriter], Awaitable[None]], heads: list[bytes] | None = None
+) -> AsyncIterator[str]:
+    """A TCP peer on loopback that reads the request head (kept in ``heads``), then answers as ``answer`` says."""
 
     handlers: set[asyncio.Task[None]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         handlers.add(asyncio.current_task())  # type: ignore[arg-type]
         try:
-            await reader.readuntil(b"\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            if heads is not None:
+                heads.append(head)
             await answer(writer)
         finally:
             writer.close()
@@ -131,11 +141,12 @@ async def raw_peer(answer: Callable[[asyncio.StreamWriter], Awaitable[None]]) ->
 
 
 async def send_to(url: str, timeout: float = 2.0) -> Outcome:
-    target = FlashdutyDestination("default", url, KEY, http_client(timeout, connections=2), timeout)
+    transports = Transports(connections=2)
+    target = FlashdutyDestination("default", url, KEY, transports.for_url(url), timeout)
     try:
         return await target.send('{"title_rule": "x", "event_status": "Info"}')
     finally:
-        await target._client.aclose()
+        await transports.aclose()
 
 
 async def test_a_peer_that_never_answers_is_a_retryable_timeout() -> None:
@@ -182,3 +193,30 @@ async def test_a_garbled_status_line_is_a_retryable_network_error() -> None:
     async with raw_peer(garble) as url:
         outcome = await send_to(url)
     assert (outcome.verdict, outcome.reason) == (Verdict.RETRY, Reason.NETWORK)
+
+
+async def test_the_environment_proxy_carries_the_request_and_no_proxy_bypasses_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTP_PROXY is honoured (chosen once per URL); NO_PROXY hosts connect directly."""
+    seen: list[bytes] = []
+
+    async def proxy(writer: asyncio.StreamWriter) -> None:
+        body = b'{"request_id": "via-proxy", "data": {"alert_key": "k"}}'
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+        writer.write(body)
+        await writer.drain()
+
+    async with raw_peer(proxy, seen) as proxy_url:
+        proxy_origin = proxy_url.split("/event")[0]
+        monkeypatch.setenv("HTTP_PROXY", proxy_origin)
+        monkeypatch.setenv("NO_PROXY", "direct.invalid")
+        assert environment_proxy("http://flashduty.invalid/x") == proxy_origin
+        assert environment_proxy("http://direct.invalid/x") is None
+        # flashduty.invalid cannot resolve: only the proxy can answer for it.
+        outcome = await send_to("http://flashduty.invalid/event/push/alert/standard")
+        direct = await send_to("http://direct.invalid/event/push/alert/standard")
+    assert (outcome.verdict, outcome.request_id) == (Verdict.OK, "via-proxy")
+    assert seen and seen[0].startswith(b"POST http://flashduty.invalid/event/push/alert/standard?integration_key=")
+    assert (direct.verdict, direct.reason) == (Verdict.RETRY, Reason.NETWORK)
+    assert len(seen) == 1

@@ -16,6 +16,7 @@ import email.utils
 import json
 import logging
 import time
+import urllib.request
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
@@ -88,22 +89,60 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def http_client(timeout: float, connections: int) -> httpx.AsyncClient:
-    """The shared client for every Flashduty destination: the httpx API over aiohttp's transport.
+class Transports:
+    """HTTP for every Flashduty destination: httpx's transport API over one aiohttp session.
 
-    httpx's own transport (httpcore) spends 1.5 to 2.5 ms of CPU per request here; aiohttp's
-    about 0.2 ms, which is what lets one process deliver thousands of events per second. The
-    pool holds at most ``connections`` (one per delivery worker). Proxies from the environment
-    still apply (httpx routes proxied URLs through its own transport).
+    Measured here against a local receiver, httpx's ``AsyncClient`` over its own transport
+    (httpcore) costs about 800 µs of CPU per request; the same client over aiohttp about
+    300 µs; an aiohttp transport called directly with a prepared :class:`httpx.Request`
+    about 150 µs (raw aiohttp: about 110 µs). A destination sends one kind of request to one
+    URL, so it needs nothing the client adds (cookies, redirects, auth, URL merging).
+
+    The session's pool holds at most ``connections`` (one per delivery worker). The proxy
+    from ``HTTP(S)_PROXY``/``ALL_PROXY``/``NO_PROXY`` is chosen once per destination URL,
+    when the destination is built: aiohttp's own ``trust_env`` looks it up again on a
+    worker thread for every request, which cost more than the rest of the request.
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` apply as in httpx.
     """
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout),
-        limits=limits,
-        transport=AiohttpTransport(limits=limits, trust_env=True),
-        headers={"User-Agent": f"flashduty-bridge/{__version__}"},
-        trust_env=True,
-    )
+
+    def __init__(self, connections: int) -> None:
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+        self._by_proxy: dict[str | None, AiohttpTransport] = {}
+
+    def _shared_session(self) -> aiohttp.ClientSession:  # made on first use, inside the running event loop
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._connections,
+                # httpx's default: close idle connections before a server's idle timeout can race a request.
+                keepalive_timeout=5.0,
+                ssl=httpx.create_ssl_context(trust_env=True),
+            )
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    def for_url(self, url: str) -> httpx.AsyncBaseTransport:
+        """The transport for requests to ``url``: direct, or through the environment's proxy for it."""
+        proxy = environment_proxy(url)
+        if proxy not in self._by_proxy:
+            self._by_proxy[proxy] = AiohttpTransport(
+                client=self._shared_session, proxy=httpx.Proxy(proxy) if proxy else None
+            )
+        return self._by_proxy[proxy]
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (None: connect directly), as curl and httpx read it."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or (parts.hostname and urllib.request.proxy_bypass(parts.hostname)):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
 
 
 def _code_label(code: str) -> str:
@@ -111,38 +150,40 @@ def _code_label(code: str) -> str:
 
 
 class FlashdutyDestination:
-    """Sends events to one Flashduty integration through a shared ``httpx.AsyncClient``."""
+    """Sends events to one Flashduty integration through a shared httpx transport."""
 
-    def __init__(self, name: str, url: str, integration_key: str, client: httpx.AsyncClient, timeout: float) -> None:
+    def __init__(
+        self, name: str, url: str, integration_key: str, transport: httpx.AsyncBaseTransport, timeout: float
+    ) -> None:
         self.name = name
-        self._url = with_integration_key(url, integration_key)
+        self._url = httpx.URL(with_integration_key(url, integration_key))
         self._key = integration_key
-        self._client = client
+        self._transport = transport
         self._timeout = timeout
-        self.display_url = redact(self._url, integration_key)
+        self._timeouts = httpx.Timeout(timeout).as_dict()  # per socket operation, as the transport reads them
+        self._headers = {"Content-Type": "application/json", "User-Agent": f"flashduty-bridge/{__version__}"}
+        self.display_url = redact(str(self._url), integration_key)
 
     def __repr__(self) -> str:
         return f"FlashdutyDestination({self.name}, {self.display_url})"
 
     async def send(self, body: str) -> Outcome:
+        request = httpx.Request(
+            "POST", self._url, content=body.encode(), headers=self._headers, extensions={"timeout": self._timeouts}
+        )
         try:
             # One deadline for the whole attempt: the transport's timeouts are per socket
             # operation, so a peer that trickles its answer would otherwise hold a worker forever.
-            async with (
-                asyncio.timeout(self._timeout),
-                self._client.stream(
-                    "POST",
-                    self._url,
-                    content=body.encode(),
-                    headers={"Content-Type": "application/json"},
-                    timeout=self._timeout,
-                ) as response,
-            ):
-                raw = b""
-                async for chunk in response.aiter_bytes():
-                    raw += chunk
-                    if len(raw) > _MAX_RESPONSE_BYTES:
-                        break
+            async with asyncio.timeout(self._timeout):
+                response = await self._transport.handle_async_request(request)
+                try:
+                    raw = b""
+                    async for chunk in response.aiter_raw():
+                        raw += chunk
+                        if len(raw) > _MAX_RESPONSE_BYTES:
+                            break
+                finally:
+                    await response.aclose()
         except (httpx.HTTPError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             return self._failed(exc)
         return self.classify(response.status_code, raw, response.headers.get("Retry-After"))
