@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bridge.outbox import Claimed, NewEvent, OutboxFull, OutboxStats, OutboxUnavailable, SqliteOutbox
+from bridge.outbox import Claimed, NewEvent, OutboxFull, OutboxStats, OutboxUnavailable, SqliteOutbox, store
 from bridge.outbox.store import ClaimResult, DeadLetterFilter, ReplayResult
 from tests.support.clock import FakeClock
 
@@ -910,8 +910,8 @@ async def test_concurrent_puts_are_group_committed_and_keep_per_call_order(tmp_p
     assert len(transactions) < requests
 
 
-async def test_concurrent_acks_share_transactions_and_each_frees_its_key(tmp_path: Path) -> None:
-    """Acks gathered at once (many deliveries finishing together) commit in fewer transactions than acks."""
+async def test_acks_behind_a_queued_put_join_its_transaction_and_each_frees_its_key(tmp_path: Path) -> None:
+    """Acks that arrive while a commit is pending share the next transaction; an ack on an idle outbox runs at once."""
     clock = CountingClock()
     box = SqliteOutbox(tmp_path / "outbox", max_pending=1000, clock=clock)
     await box.open()
@@ -921,20 +921,53 @@ async def test_concurrent_acks_share_transactions_and_each_frees_its_key(tmp_pat
         await box.put([ev(f"k{i}", f"{i}:{n}", status=("Critical", "Ok")[n]) for n in range(2) for i in range(keys)])
         first = await claim(box, keys)
         assert sorted(event.body for event in first) == sorted(f"{i}:0" for i in range(keys))
-        await asyncio.gather(*(box.delivered(event.id) for event in first))
-        second = await claim(box, keys)  # every key's next event is now its head
+        await box.delivered(first[0].id)  # idle outbox: committed before delivered() returns
+        assert [row["body"] for row in rows(box.path)].count(first[0].body) == 0
+        await asyncio.gather(box.put([ev("late", "late:0")]), *(box.delivered(event.id) for event in first[1:]))
+        second = await claim(box, keys + 1)  # every key's next event is now its head
         pending = (await box.stats()).pending
         db = sqlite3.connect(box.path)
         try:
-            delivered_at = [row[0] for row in db.execute("SELECT delivered_at FROM key_state")]
+            delivered_at = dict(db.execute("SELECT alert_key, delivered_at FROM key_state WHERE delivered_at > 0"))
+            accepted_at = db.execute("SELECT accepted_at FROM key_state WHERE alert_key = 'late'").fetchone()[0]
         finally:
             db.close()
     finally:
         await box.close()
-    assert sorted(event.body for event in second) == sorted(f"{i}:1" for i in range(keys))
-    assert pending == keys
+    assert sorted(event.body for event in second) == sorted([*(f"{i}:1" for i in range(keys)), "late:0"])
+    assert pending == keys + 1
     assert len(delivered_at) == keys
-    assert len(set(delivered_at)) < keys
+    # The late put and the 39 acks queued behind it were one transaction (one clock reading).
+    assert {delivered_at[f"k{i}"] for i in range(1, keys)} == {accepted_at}
+    assert delivered_at["k0"] < accepted_at
+
+
+async def wal_bytes_after_churn(directory: Path) -> int:
+    """Put, claim and deliver 1,200 events in 60 rounds; the size of the WAL file afterwards."""
+    box = SqliteOutbox(directory, max_pending=1000)
+    await box.open()
+    try:
+        for round_ in range(60):
+            await box.put([ev(f"k{i}", "x" * 400 + f"{round_}") for i in range(20)])
+            for event in await claim(box, 20):
+                await box.delivered(event.id)
+            await asyncio.sleep(0)  # let a scheduled checkpoint run
+        for _ in range(100):  # the last checkpoint may still be on the outbox thread
+            await asyncio.sleep(0.01)
+        return (directory / "outbox.sqlite3-wal").stat().st_size
+    finally:
+        await box.close()
+
+
+async def test_the_wal_is_checkpointed_by_the_outbox_thread_so_it_stops_growing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Automatic checkpoints are off (they would fsync on the event loop); the outbox's own keep the WAL small."""
+    monkeypatch.setattr(store, "CHECKPOINT_CHANGES", 10**9)
+    unchecked = await wal_bytes_after_churn(tmp_path / "unchecked")
+    monkeypatch.setattr(store, "CHECKPOINT_CHANGES", 200)
+    checked = await wal_bytes_after_churn(tmp_path / "checked")
+    assert checked * 4 < unchecked, (checked, unchecked)
 
 
 async def test_a_failed_group_transaction_fails_every_caller_and_keeps_the_pending_count(tmp_path: Path) -> None:
