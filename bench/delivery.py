@@ -1,57 +1,36 @@
 """Delivery benchmark: how fast a backlog drains into a local Flashduty (the emulator).
 
-Starts ``emulate`` with its rate limits lifted and a bridge pointed at it with its own
-limits lifted too, fills the outbox while the emulator answers 503 (an outage), then
-ends the outage and measures the drain: events/s delivered, bridge CPU µs per event
-(user + system time of the bridge process, from /proc), and the bridge's RSS idle,
-with the backlog, and after the drain. Bounded: ``--events`` events, ``--timeout`` s.
+Each round starts ``emulate`` with its rate limits lifted and a bridge pointed at it with
+its own limits lifted too, fills the outbox with ``events`` events (500-alert webhooks)
+while the emulator answers 503 (an outage), then ends the outage and measures the drain:
+events/s delivered, bridge CPU µs per event (user + system time of the bridge process,
+from /proc), and the bridge's RSS idle, with the backlog, and after the drain.
 
-    python -m bench.delivery --events 10000 --rounds 3
+Bounded: every webhook answers before the next is sent, and the drain is measured for at
+most ``drain_seconds`` s; a drain cut short is reported as such (delivered < backlog), with
+the rate over the window and the RSS at the cut.
+
+Run through ``python -m bench`` (``--only delivery``); ``python -m bench.delivery`` is the same.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
-import tempfile
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
-from tests.support.procs import LOOPBACK, Proc, free_port, python_module
+from bench._proc import BridgeSource, cpu_seconds, log, metric, rss_mib, start_bridge, start_module
+from tests.support.procs import Proc
 
-RESULTS = Path(__file__).resolve().parent / "results"
 KEY = "bench-key"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    """Sum of the samples named ``name`` whose labels include ``labels``."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return sum(
-        float(sample.value)
-        for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
+BATCH = 500
+DELIVERED = "flashduty_bridge_delivery_attempts_total"  # with outcome="ok"
+PENDING = "flashduty_bridge_outbox_pending"
+GAUGE_WAIT = 10.0  # s
 
 
 def webhook(start: int, count: int) -> dict[str, Any]:
@@ -69,24 +48,17 @@ def webhook(start: int, count: int) -> dict[str, Any]:
     return {"version": "4", "status": "firing", "receiver": "bench", "groupKey": "{}:{}", "alerts": alerts}
 
 
-def one_round(work: Path, events: int, workers: int, timeout: float) -> dict[str, float]:
-    emulator_port, bridge_port = free_port(), free_port()
-    emulator = Proc(
-        python_module(
-            "bridge",
-            "emulate",
-            "--listen",
-            f"{LOOPBACK}:{emulator_port}",
-            "--per-second",
-            "1000000",
-            "--per-minute",
-            "100000000",
-        ),
-        work / "emulator.log",
-    )
-    emulator_url = f"http://{LOOPBACK}:{emulator_port}"
+def start_emulator(work: Path) -> tuple[Proc, str]:
+    argv = [sys.executable, "-m", "bridge", "emulate", "--listen", "127.0.0.1:{port}"]
+    argv += ["--per-second", "1000000", "--per-minute", "100000000"]
+    return start_module(work, f"emulator-{time.monotonic_ns()}", argv, "/-/healthy")
+
+
+def one_round(work: Path, source: BridgeSource, events: int, workers: int, drain_seconds: float) -> dict[str, Any]:
+    emulator, emulator_url = start_emulator(work)
+    name = f"delivery-{source.label.replace(':', '-')}-{time.monotonic_ns()}"
     config = {
-        "storage": {"path": str(work / f"outbox-{time.monotonic_ns()}"), "max_pending": events * 2},
+        "storage": {"path": str(work / f"outbox-{name}"), "max_pending": events * 2},
         "flashduty": {
             "url": f"{emulator_url}/event/push/alert/standard",
             "integration_key": KEY,
@@ -100,77 +72,99 @@ def one_round(work: Path, events: int, workers: int, timeout: float) -> dict[str
         },
         "log_level": "warning",
     }
-    (work / "bridge.yaml").write_text(yaml.safe_dump(config))
-    bridge = Proc(
-        python_module(
-            "bridge", "serve", "--config", str(work / "bridge.yaml"), "--listen", f"{LOOPBACK}:{bridge_port}"
-        ),
-        work / "bridge.log",
-    )
-    bridge_url = f"http://{LOOPBACK}:{bridge_port}"
     try:
-        emulator.wait_http(f"{emulator_url}/-/healthy")
-        bridge.wait_http(f"{bridge_url}/-/ready")
-        idle = rss_mib(bridge.pid)
+        bridge, bridge_url = start_bridge(work, name, config, source)
+    except BaseException:
+        emulator.stop()
+        raise
+    try:
+        time.sleep(0.3)
+        result: dict[str, Any] = {"target": source.label, "backlog": events, "rss_idle_mib": rss_mib(bridge.pid)}
         outage = {"outage": {"seconds": 3600, "answer": {"status": 503, "code": "InternalError"}}}
         httpx.put(f"{emulator_url}/-/faults", json=outage).raise_for_status()
-        for start in range(0, events, 500):
-            httpx.post(f"{bridge_url}/alertmanager", json=webhook(start, min(500, events - start)), timeout=60)
-        deadline = time.monotonic() + timeout
-        while metric(bridge_url, "flashduty_bridge_outbox_pending") < events and time.monotonic() < deadline:
+        t0 = time.monotonic()
+        refused = 0
+        with httpx.Client(timeout=120) as client:
+            for start in range(0, events, BATCH):
+                count = min(BATCH, events - start)
+                if client.post(f"{bridge_url}/alertmanager", json=webhook(start, count)).status_code // 100 != 2:
+                    refused += count
+        # 200 means committed, so the backlog is complete now; the gauge may lag by its refresh period.
+        deadline = time.monotonic() + GAUGE_WAIT
+        while metric(bridge_url, PENDING) < events - refused and time.monotonic() < deadline:
             time.sleep(0.2)
-        backlog_rss = rss_mib(bridge.pid)
+        result["fill_s"] = time.monotonic() - t0
+        result["refused_alerts"] = refused
+        result["pending_before_drain"] = metric(bridge_url, PENDING)
+        result["rss_backlog_mib"] = rss_mib(bridge.pid)
         httpx.delete(f"{emulator_url}/-/faults").raise_for_status()
         cpu0, t0 = cpu_seconds(bridge.pid), time.monotonic()
+        deadline = t0 + drain_seconds
         delivered = 0.0
         while time.monotonic() < deadline:
-            delivered = metric(bridge_url, "flashduty_bridge_delivery_attempts_total", outcome="ok")
-            if delivered >= events:
+            delivered = metric(bridge_url, DELIVERED, outcome="ok")
+            if delivered >= events - refused:
                 break
-            time.sleep(0.1)
+            time.sleep(0.2)
         elapsed, cpu = time.monotonic() - t0, cpu_seconds(bridge.pid) - cpu0
-        return {
-            "events_per_s": delivered / elapsed,
-            "cpu_us_per_event": cpu / max(delivered, 1) * 1e6,
-            "rss_idle_mib": idle,
-            "rss_backlog_mib": backlog_rss,
-            "rss_after_mib": rss_mib(bridge.pid),
+        result |= {
             "delivered": delivered,
+            "drained": delivered >= events - refused,
+            "drain_s": elapsed,
+            "events_per_s": delivered / elapsed,
+            "cpu_us_per_event": cpu / delivered * 1e6 if delivered else float("nan"),
+            "rss_after_mib": rss_mib(bridge.pid),
         }
+        return result
     finally:
         bridge.stop()
         emulator.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=10_000)
-    parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--timeout", type=float, default=300)
-    args = parser.parse_args(argv)
+def run_rounds(
+    work: Path,
+    sources: list[BridgeSource],
+    rounds: int,
+    events: int,
+    workers: int = 8,
+    drain_seconds: float = 60,
+) -> list[dict[str, Any]]:
+    """``rounds`` rounds per bridge source, sources interleaved (order flipped each round)."""
     runs = []
-    with tempfile.TemporaryDirectory(prefix="bench-delivery-") as tmp:
-        for round_ in range(args.rounds):
-            result = one_round(Path(tmp), args.events, args.workers, args.timeout)
+    for round_ in range(rounds):
+        for source in sources if round_ % 2 == 0 else sources[::-1]:
+            result = one_round(work, source, events, workers, drain_seconds)
+            result["round"] = round_ + 1
             runs.append(result)
-            print(
-                f"round {round_ + 1}: {result['events_per_s']:7.0f} events/s"
-                f"  {result['cpu_us_per_event']:6.0f} µs CPU/event"
-                f"  RSS idle {result['rss_idle_mib']:.0f} MiB, backlog {result['rss_backlog_mib']:.0f} MiB,"
-                f" after {result['rss_after_mib']:.0f} MiB",
-                flush=True,
+            log(
+                f"delivery round {round_ + 1} {source.label}: {result['events_per_s']:7.0f} events/s"
+                f"  {result['cpu_us_per_event']:6.0f} µs CPU/event  delivered {result['delivered']:.0f}/{events}"
+                f" in {result['drain_s']:.1f} s (filled in {result['fill_s']:.1f} s)  RSS idle"
+                f" {result['rss_idle_mib']:.0f}, backlog {result['rss_backlog_mib']:.0f},"
+                f" after {result['rss_after_mib']:.0f} MiB"
             )
-    summary = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-    events_s, cpu_us = summary["events_per_s"], summary["cpu_us_per_event"]
-    rss = f"RSS {summary['rss_idle_mib']:.0f} MiB idle, {summary['rss_backlog_mib']:.0f} MiB with {args.events} queued"
-    print(f"\nmedian: {events_s:.0f} events/s delivered, {cpu_us:.0f} µs of bridge CPU per event, {rss}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / time.strftime("delivery-%Y%m%d-%H%M%S.json")
-    out.write_text(json.dumps({"args": vars(args), "median": summary, "runs": runs}, indent=2))
-    print(f"wrote {out}")
-    return 0
+    return runs
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    keys = ("events_per_s", "cpu_us_per_event", "rss_idle_mib", "rss_backlog_mib", "rss_after_mib", "fill_s", "drain_s")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(run["target"], []).append(run)
+    return {
+        target: {
+            **{key: statistics.median(run[key] for run in group) for key in keys},
+            "rounds": len(group),
+            "backlog": group[0]["backlog"],
+            "drained_rounds": sum(run["drained"] for run in group),
+            "refused_alerts": sum(run["refused_alerts"] for run in group),
+            "min_delivered": min(run["delivered"] for run in group),
+        }
+        for target, group in groups.items()
+    }
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from bench.__main__ import main
+
+    raise SystemExit(main(["--only", "delivery", *sys.argv[1:]]))

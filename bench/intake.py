@@ -1,42 +1,44 @@
-"""Intake benchmark: alerts/s answered 200 (after commit) vs a bare Starlette JSON endpoint.
+"""Intake benchmark: Alertmanager webhooks answered 200 (after the commit), driven by ``wrk``.
 
-Runs, interleaved, for ``--rounds`` rounds on loopback:
+Targets, each started fresh for every run on loopback:
 
 * ``baseline``: a bare Starlette app under the same uvicorn settings that parses the
   JSON body and answers 200: the ceiling for any Python webhook receiver here;
-* ``bridge-1`` / ``bridge-10``: ``flashduty-bridge serve`` with 1-alert and 10-alert
-  Alertmanager payloads (distinct alerts per request), each run on a fresh outbox,
-  in dry-run mode so delivery runs too (it shares the two cores, as in production)
+* the bridge (``flashduty-bridge serve`` from each ``--bridge-src`` checkout) in dry-run
+  mode on a fresh outbox, so delivery runs too (it shares the cores, as in production)
   but nothing leaves the machine.
 
-Load comes from ``wrk`` (Debian package ``wrk``) with a Lua script that makes every
-request's alerts distinct. Each run is bounded (``--seconds``). The machine is
-shared and noisy: read the medians and the ratios of one invocation, not absolutes.
+Payloads carry 1, 10 or 100 alerts, distinct in every request (a Lua script builds them).
+Max-rate runs use ``wrk -t2``; baseline and bridge runs are interleaved, and their order
+flips every round. Half-load runs pace one ``wrk`` thread with the script's ``delay()``
+(a schedule kept with the monotonic clock, through LuaJIT's FFI), so the rate does not
+depend on the latency. Every run is bounded by ``wrk -d``.
 
-    python -m bench.intake --rounds 3 --seconds 8
+Run through ``python -m bench`` (``--only intake``); ``python -m bench.intake`` is the same.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
-import yaml
 
-from tests.support.procs import LOOPBACK, Proc, free_port, python_module
+from bench._proc import BridgeSource, cpu_seconds, log, rss_mib, scrape, start_bridge, start_module, value
+from tests.support.procs import Proc
 
-RESULTS = Path(__file__).resolve().parent / "results"
-ACCEPTED_SERIES = r'flashduty_bridge_alerts_received_total\{outcome="accepted",source="alertmanager"\} ([\d.e+]+)'
+BASELINE = "baseline"
+SIZES = (1, 10, 100)
+ACCEPTED = "flashduty_bridge_alerts_received_total"
+ACCEPTED_LABELS = {"outcome": "accepted", "source": "alertmanager"}
+PENDING = "flashduty_bridge_outbox_pending"
+WRK_TIMEOUT = "10s"  # well above any latency here, so slow answers count in the percentiles, not as errors
 
 BASELINE_APP = textwrap.dedent(
     """
@@ -55,10 +57,16 @@ BASELINE_APP = textwrap.dedent(
     """
 )
 
+# ALERTS_PER_REQUEST alerts per request, distinct across requests and threads. With
+# RATE_PER_THREAD (requests/s) set, delay() paces each thread on a fixed schedule: every
+# request takes the next slot, so the rate holds whatever the latency, as long as enough
+# connections are idle; a thread that falls behind by more than a slot restarts from now
+# (no burst to catch up), and the bench reports the rate achieved.
 LUA = textwrap.dedent(
     """
     local n = 0
     local per = tonumber(os.getenv("ALERTS_PER_REQUEST") or "1")
+    local rate = tonumber(os.getenv("RATE_PER_THREAD") or "0")
     local thread_id = 0
     setup = function(thread) thread:set("tid", thread_id); thread_id = thread_id + 1 end
     request = function()
@@ -66,8 +74,8 @@ LUA = textwrap.dedent(
       local alerts = {}
       for i = 1, per do
         alerts[i] = string.format(
-          '{"status":"firing","labels":{"alertname":"Bench","instance":"node-%%d-%%d-%%d","job":"node",' ..
-          '"severity":"critical"},"annotations":{"summary":"bench alert %%d","description":"load test"},' ..
+          '{"status":"firing","labels":{"alertname":"Bench","instance":"node-%d-%d-%d","job":"node",' ..
+          '"severity":"critical"},"annotations":{"summary":"bench alert %d","description":"load test"},' ..
           '"startsAt":"2026-11-26T10:00:00Z","endsAt":"0001-01-01T00:00:00Z",' ..
           '"generatorURL":"http://prometheus.local/graph"}', tid, n, i, n)
       end
@@ -76,137 +84,232 @@ LUA = textwrap.dedent(
         '"version":"4","groupKey":"{}:{}","truncatedAlerts":0}'
       return wrk.format("POST", "/alertmanager", {["Content-Type"] = "application/json"}, body)
     end
+    if rate > 0 then
+      local ffi = require("ffi")
+      ffi.cdef[[
+        typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+        int clock_gettime(int clk_id, bench_timespec *tp);
+      ]]
+      local ts = ffi.new("bench_timespec")
+      local interval = 1000 / rate
+      local slot = nil
+      delay = function()
+        ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+        local now = tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+        if slot == nil or slot < now - interval then slot = now end
+        local wait = slot - now
+        slot = slot + interval
+        return math.floor(wait + 0.5)
+      end
+    end
     """
-).replace("%%", "%")
+)
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
 
-def run_wrk(port: int, per_request: int, seconds: int, connections: int, script: Path) -> dict[str, float]:
-    output = subprocess.run(
-        [
-            "wrk",
-            "-t2",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            "-s",
-            str(script),
-            f"http://{LOOPBACK}:{port}/",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=seconds + 30,
-        env={"ALERTS_PER_REQUEST": str(per_request), "PATH": "/usr/bin:/bin"},
-    ).stdout
-    requests = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+def _ms(text: str | None) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text or "")
+    return float(match.group(1)) * UNITS[match.group(2)] if match else float("nan")
+
+
+def parse_wrk(output: str, per_request: int) -> dict[str, float]:
+    """Counts, rates and percentiles from ``wrk --latency`` output; non-2xx is wrk's count of status ≥ 400."""
+    done = re.search(r"(\d+) requests in ([\d.]+(?:us|ms|s|m|h))", output)
+    if done is None:
+        raise RuntimeError(f"unexpected wrk output:\n{output}")
+    requests, seconds = float(done.group(1)), _ms(done.group(2)) / 1000
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", output)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    p50 = re.search(r"^\s+50%\s+(\S+)$", output, re.MULTILINE)
+    p99 = re.search(r"^\s+99%\s+(\S+)$", output, re.MULTILINE)
+    bad = float(non2xx.group(1)) if non2xx else 0.0
     return {
-        "requests_per_s": requests,
-        "alerts_per_s": requests * per_request,
-        "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
-        "p50_ms": float(p50.group(1)) * scale[p50.group(2)] if p50 else float("nan"),
+        "seconds": seconds,
+        "requests": requests,
+        "non_2xx": bad,
+        "socket_errors": float(sum(int(n) for n in socket.groups())) if socket else 0.0,
+        "ok_alerts": (requests - bad) * per_request,
+        "requests_per_s": requests / seconds,
+        "alerts_per_s": (requests - bad) * per_request / seconds,
+        "p50_ms": _ms(p50.group(1) if p50 else None),
+        "p99_ms": _ms(p99.group(1) if p99 else None),
     }
 
 
-def start_baseline(work: Path) -> tuple[Proc, int]:
+def run_wrk(
+    url: str,
+    per_request: int,
+    seconds: int,
+    connections: int,
+    script: Path,
+    *,
+    threads: int = 2,
+    rate: float = 0.0,
+    watch: int | None = None,
+) -> dict[str, float]:
+    """One bounded wrk run; with ``watch`` (a PID), also that process's CPU and RSS during the run."""
+    env = {"ALERTS_PER_REQUEST": str(per_request), "PATH": "/usr/bin:/bin"}
+    if rate:
+        env["RATE_PER_THREAD"] = str(rate / threads)
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", f"--timeout={WRK_TIMEOUT}", "--latency"]
+    cpu0 = cpu_seconds(watch) if watch else 0.0
+    wrk = subprocess.Popen(
+        [*argv, "-s", str(script), f"{url}/"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    rss: list[float] = []
+    try:
+        deadline = time.monotonic() + seconds + 30
+        while wrk.poll() is None and time.monotonic() < deadline:
+            if watch:
+                rss.append(rss_mib(watch))
+            time.sleep(0.25)
+        output, _ = wrk.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if wrk.poll() is None:
+            wrk.kill()
+            wrk.wait()
+    if wrk.returncode != 0:
+        raise RuntimeError(f"wrk exited with {wrk.returncode}:\n{output}")
+    result = parse_wrk(output, per_request)
+    if watch:
+        result["cpu_s"] = cpu_seconds(watch) - cpu0
+        result["rss_load_mib"] = rss[-1] if rss else rss_mib(watch)  # the last sample before wrk ended
+        result["rss_peak_mib"] = max(rss, default=result["rss_load_mib"])
+    return result
+
+
+def start_baseline(work: Path, name: str) -> tuple[Proc, str]:
     (work / "baseline_app.py").write_text(BASELINE_APP)
-    port = free_port()
-    proc = Proc(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--app-dir",
-            str(work),
-            "baseline_app:app",
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        work / "baseline.log",
+    argv = [sys.executable, "-m", "uvicorn", "--app-dir", str(work), "baseline_app:app", "--host", "127.0.0.1"]
+    argv += ["--port", "{port}", "--no-access-log", "--log-level", "warning"]
+    return start_module(work, name, argv, "/-/ready")
+
+
+def start_dry_run_bridge(work: Path, name: str, source: BridgeSource) -> tuple[Proc, str]:
+    config = {"storage": {"path": str(work / f"outbox-{name}"), "max_pending": 5_000_000}, "log_level": "warning"}
+    # No integration key anywhere (an empty variable counts as unset): dry run, nothing leaves the machine.
+    proc, url = start_bridge(work, name, config, source, env={"FLASHDUTY_INTEGRATION_KEY": ""})
+    if httpx.get(f"{url}/-/ready").json().get("dry_run") is False:
+        proc.stop()
+        raise RuntimeError(f"{name} is not in dry-run mode; refusing to load it")
+    return proc, url
+
+
+def one_run(
+    work: Path,
+    target: str,
+    source: BridgeSource | None,
+    per: int,
+    seconds: int,
+    connections: int,
+    script: Path,
+    *,
+    threads: int = 2,
+    rate: float = 0.0,
+) -> dict[str, Any]:
+    """Start ``target`` fresh, load it once, stop it. Bridge runs also check that 200 meant stored."""
+    name = f"{target.replace(':', '-')}-{per}-{time.monotonic_ns()}"
+    proc, url = start_baseline(work, name) if source is None else start_dry_run_bridge(work, name, source)
+    try:
+        time.sleep(0.3)
+        result: dict[str, Any] = {"target": target, "alerts_per_request": per, "rss_idle_mib": rss_mib(proc.pid)}
+        before = value(scrape(url), ACCEPTED, **ACCEPTED_LABELS) if source else 0.0
+        result |= run_wrk(url, per, seconds, connections, script, threads=threads, rate=rate, watch=proc.pid)
+        if source is not None:
+            samples = scrape(url)
+            result["accepted_alerts"] = value(samples, ACCEPTED, **ACCEPTED_LABELS) - before
+            result["pending_after"] = value(samples, PENDING)
+            result["stored_ok"] = result["accepted_alerts"] >= result["ok_alerts"]
+        counted = result.get("accepted_alerts", result["ok_alerts"])
+        result["cpu_us_per_alert"] = result["cpu_s"] / counted * 1e6 if counted else float("nan")
+    finally:
+        proc.stop()
+    return result
+
+
+def median(runs: list[dict[str, Any]], key: str) -> float:
+    values = [run[key] for run in runs if key in run]
+    return statistics.median(values) if values else float("nan")
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Medians per ``target/size``, with the bridge/baseline ratio of the median alerts/s."""
+    keys = (
+        *("requests_per_s", "alerts_per_s", "p50_ms", "p99_ms", "cpu_us_per_alert"),
+        *("rss_idle_mib", "rss_load_mib", "pending_after"),
     )
-    proc.wait_http(f"http://{LOOPBACK}:{port}/-/ready")
-    return proc, port
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(f"{run['target']}/{run['alerts_per_request']}", []).append(run)
+    summary = {}
+    for name, group in groups.items():
+        row: dict[str, Any] = {key: median(group, key) for key in keys}
+        row["rounds"] = len(group)
+        row["non_2xx"] = sum(run["non_2xx"] for run in group)
+        row["socket_errors"] = sum(run["socket_errors"] for run in group)
+        if "stored_ok" in group[0]:
+            row["stored_ok"] = all(run["stored_ok"] for run in group)
+            row["missing_alerts"] = sum(max(0.0, run["ok_alerts"] - run["accepted_alerts"]) for run in group)
+        summary[name] = row
+    for name, row in summary.items():
+        target, per = name.rsplit("/", 1)
+        base = summary.get(f"{BASELINE}/{per}")
+        if target != BASELINE and base and base["alerts_per_s"] > 0:
+            row["ratio_to_baseline"] = row["alerts_per_s"] / base["alerts_per_s"]
+    return summary
 
 
-def start_bridge(work: Path, name: str) -> tuple[Proc, int]:
-    config = {
-        "storage": {"path": str(work / f"outbox-{name}"), "max_pending": 5_000_000},
-        "log_level": "warning",
-    }
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    proc = Proc(
-        python_module("bridge", "serve", "--config", str(path), "--listen", f"{LOOPBACK}:{port}"), work / f"{name}.log"
-    )
-    proc.wait_http(f"http://{LOOPBACK}:{port}/-/ready")
-    return proc, port
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--connections", type=int, default=16)
-    args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
-        return 2
-    runs: dict[str, list[dict[str, float]]] = {"baseline-1": [], "baseline-10": [], "bridge-1": [], "bridge-10": []}
-    with tempfile.TemporaryDirectory(prefix="bench-intake-") as tmp:
-        work = Path(tmp)
-        script = work / "alerts.lua"
-        script.write_text(LUA)
-        for round_ in range(args.rounds):
-            for name in runs:
-                kind, per = name.split("-")
-                proc, port = start_baseline(work) if kind == "baseline" else start_bridge(work, f"{name}-{round_}")
-                try:
-                    result = run_wrk(port, int(per), args.seconds, args.connections, script)
-                    if kind == "bridge":
-                        # Every 200 must be in the outbox (pending) or already delivered (dry-run list).
-                        stats = httpx.get(f"http://{LOOPBACK}:{port}/metrics").text
-                        accepted = re.search(ACCEPTED_SERIES, stats)
-                        result["accepted_alerts"] = float(accepted.group(1)) if accepted else 0.0
-                finally:
-                    proc.stop()
-                runs[name].append(result)
-                print(
-                    f"round {round_ + 1} {name:12s} {result['alerts_per_s']:9.0f} alerts/s"
-                    f"  p50 {result['p50_ms']:6.2f} ms  non-2xx {result['non_2xx']:.0f}",
-                    flush=True,
+def max_rate(
+    work: Path, sources: list[BridgeSource], rounds: int, seconds: int, connections: int, sizes: tuple[int, ...] = SIZES
+) -> list[dict[str, Any]]:
+    """Interleaved max-rate runs: per round and size, the baseline and every bridge, order flipped each round."""
+    script = work / "alerts.lua"
+    script.write_text(LUA)
+    targets: list[tuple[str, BridgeSource | None]] = [(BASELINE, None), *((s.label, s) for s in sources)]
+    runs = []
+    for round_ in range(rounds):
+        for per in sizes:
+            for target, source in targets if round_ % 2 == 0 else targets[::-1]:
+                result = one_run(work, target, source, per, seconds, connections, script)
+                result["round"] = round_ + 1
+                runs.append(result)
+                log(
+                    f"round {round_ + 1} {target:>16s} {per:3d}/req {result['alerts_per_s']:8.0f} alerts/s"
+                    f"  p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  non-2xx {result['non_2xx']:.0f}"
                 )
-                time.sleep(0.5)
-    summary = {
-        name: {
-            "median_alerts_per_s": statistics.median(r["alerts_per_s"] for r in results),
-            "median_requests_per_s": statistics.median(r["requests_per_s"] for r in results),
-            "median_p50_ms": statistics.median(r["p50_ms"] for r in results),
-            "runs": results,
-        }
-        for name, results in runs.items()
-    }
-    print()
-    for per in ("1", "10"):
-        base, bridge = summary[f"baseline-{per}"], summary[f"bridge-{per}"]
-        ratio = bridge["median_alerts_per_s"] / base["median_alerts_per_s"]
-        print(
-            f"{per:>2}-alert payloads: bridge {bridge['median_alerts_per_s']:8.0f} alerts/s, "
-            f"bare Starlette {base['median_alerts_per_s']:8.0f} alerts/s, ratio {ratio:.2f}"
-        )
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / time.strftime("intake-%Y%m%d-%H%M%S.json")
-    out.write_text(json.dumps({"args": vars(args), "summary": summary}, indent=2))
-    print(f"\nwrote {out}")
-    return 0
+    return runs
+
+
+def half_load(
+    work: Path,
+    sources: list[BridgeSource],
+    summary: dict[str, dict[str, Any]],
+    seconds: int,
+    connections: int,
+    sizes: tuple[int, ...] = SIZES,
+) -> list[dict[str, Any]]:
+    """Each bridge at half its median max alerts/s, one paced wrk thread, per payload size."""
+    script = work / "alerts.lua"
+    script.write_text(LUA)
+    runs = []
+    for per in sizes:
+        for source in sources:
+            target_alerts = summary[f"{source.label}/{per}"]["alerts_per_s"] / 2
+            if not target_alerts > 0:
+                continue
+            rate = target_alerts / per
+            result = one_run(work, source.label, source, per, seconds, connections, script, threads=1, rate=rate)
+            result["target_alerts_per_s"] = target_alerts
+            runs.append(result)
+            log(
+                f"half load {source.label:>16s} {per:3d}/req target {target_alerts:8.0f} alerts/s,"
+                f" got {result['alerts_per_s']:8.0f}  p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms"
+            )
+    return runs
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from bench.__main__ import main
+
+    raise SystemExit(main(["--only", "intake", *sys.argv[1:]]))
