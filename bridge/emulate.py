@@ -21,7 +21,7 @@ Its purpose is to *catch* a client that breaks the contract, so it is stricter t
 drops images with a long ``src``, treats ``null`` optional fields as absent and ignores unknown fields.
 
 Control endpoints under ``/-/`` (not Flashduty): ``GET|DELETE /-/events``, ``GET /-/requests``,
-``GET|PUT|DELETE /-/faults`` (scripted failures) and ``GET /-/healthy``.
+``GET /-/stats`` (counts only), ``GET|PUT|DELETE /-/faults`` (scripted failures) and ``GET /-/healthy``.
 """
 
 from __future__ import annotations
@@ -431,6 +431,10 @@ def create_app(
     async def requests(_: Request) -> Response:
         return JSONResponse({"requests": state.requests})
 
+    async def stats(_: Request) -> Response:
+        """Counts only: cheap enough to poll while thousands of events arrive per second."""
+        return JSONResponse({"events": len(state.events), "requests": len(state.requests)})
+
     async def faults(request: Request) -> Response:
         if request.method == "PUT":
             try:
@@ -461,6 +465,7 @@ def create_app(
             Route(PUSH_PATH, push, methods=all_methods),
             Route("/-/events", events, methods=["GET", "DELETE"]),
             Route("/-/requests", requests, methods=["GET"]),
+            Route("/-/stats", stats, methods=["GET"]),
             Route("/-/faults", faults, methods=["GET", "PUT", "DELETE"]),
             Route("/-/healthy", healthy, methods=["GET"]),
             Route("/{path:path}", not_found, methods=all_methods),

@@ -537,6 +537,16 @@ async def test_rate_limited_requests_are_not_stored_as_events_but_are_listed_as_
     ]
 
 
+@pytest.mark.asyncio
+async def test_stats_count_stored_events_and_every_push() -> None:
+    async with client(EmulatorSettings(per_second=1)) as c:
+        assert (await c.get("/-/stats")).json() == {"events": 0, "requests": 0}
+        await push(c, event(alert_key="first"))
+        await push(c, event(alert_key="second"))  # 429: a request, not an event
+        stats = (await c.get("/-/stats")).json()
+    assert stats == {"events": 1, "requests": 2}
+
+
 # --- request log and reset -----------------------------------------------------------------------------
 
 

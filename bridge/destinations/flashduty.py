@@ -232,10 +232,10 @@ class FlashdutyDestination:
                 verdict, reason = Verdict.RETRY, (Reason.RATE_LIMITED if status == 429 else Reason.SERVER_ERROR)
             return Outcome(verdict, reason, _code_label(code), message, request_id, status, retry_after)
 
+        if 200 <= status < 300 and (isinstance(envelope, dict) or not raw.strip()):
+            return Outcome(Verdict.OK, Reason.DELIVERED, "none", "", request_id, status)
         snippet = redact(raw[:200].decode(errors="replace"), self._key)
         if 200 <= status < 300:
-            if not raw.strip() or isinstance(envelope, dict):
-                return Outcome(Verdict.OK, Reason.DELIVERED, "none", "", request_id, status)
             return Outcome(
                 Verdict.GIVE_UP, Reason.BAD_RESPONSE, "bad_response", f"HTTP {status}: {snippet}", None, status
             )

@@ -26,7 +26,9 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Histogram
 
 from bridge.config import DeliveryConfig, RateLimitConfig
 from bridge.destinations import Destination, Outcome, Reason, Verdict
@@ -61,11 +63,14 @@ def backoff_delay(attempt: int, config: DeliveryConfig, rand: Callable[[], float
 
 @dataclass
 class _Lane:
-    """Pacing state of one destination."""
+    """Pacing state of one destination, and its metric series (looked up once, used per event)."""
 
     destination: Destination
     limiter: RateLimiter
     circuit: CircuitBreaker
+    duration: Histogram
+    latency: Histogram
+    attempts: dict[tuple[str, str], Counter] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -117,6 +122,8 @@ class Dispatcher:
                     destination,
                     RateLimiter(limits.per_second, limits.per_minute),
                     CircuitBreaker(circuit.failures, circuit.cooldown, circuit.max_cooldown),
+                    self.metrics.attempt_duration.labels(name),
+                    self.metrics.delivery_latency.labels(name),
                 )
                 self.metrics.init_destination(name)
             else:
@@ -281,10 +288,14 @@ class Dispatcher:
         started = time.perf_counter()
         lane.limiter.stamp(self._clock())
         outcome = await destination.send(event.body)
-        self.metrics.attempt_duration.labels(destination.name).observe(time.perf_counter() - started)
-        self.metrics.attempts.labels(destination.name, outcome.verdict.value, outcome.code).inc()
+        lane.duration.observe(time.perf_counter() - started)
+        series = (outcome.verdict.value, outcome.code)
+        attempts = lane.attempts.get(series)
+        if attempts is None:
+            attempts = lane.attempts[series] = self.metrics.attempts.labels(destination.name, *series)
+        attempts.inc()
         self._pace(lane, outcome)
-        await self._record(event, destination.name, outcome)
+        await self._record(lane, event, outcome)
 
     def _pace(self, lane: _Lane, outcome: Outcome) -> None:
         """Feed the outcome to the destination's limiter and circuit breaker."""
@@ -307,11 +318,11 @@ class Dispatcher:
                 log.info("circuit for %s closed: it answers again", lane.destination.name)
             lane.circuit.succeeded()
 
-    async def _record(self, event: Claimed, destination: str, outcome: Outcome) -> None:
-        attempt = event.attempts + 1
+    async def _record(self, lane: _Lane, event: Claimed, outcome: Outcome) -> None:
+        destination, attempt = lane.destination.name, event.attempts + 1
         if outcome.verdict is Verdict.OK:
             await self.outbox.delivered(event.id)
-            self.metrics.delivery_latency.labels(destination).observe(max(0.0, self._clock() - event.created_at))
+            lane.latency.observe(max(0.0, self._clock() - event.created_at))
             log.info(
                 "delivered %s %s to %s (attempt %d, request_id %s)",
                 event.event_status,

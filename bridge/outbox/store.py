@@ -7,16 +7,17 @@ and power loss. Bookkeeping after delivery (acks, leases, retry times) commits w
 durable; a power cut can only lose such an ack, which means one more delivery of an
 already delivered event (at least once), never a lost one.
 
-Every write (puts from webhook requests, the dispatcher's claims and acks) waits
-in one queue; whatever arrives while a transaction runs is committed together in
-the next one (group commit), so one transaction and at most one fsync serve many
-requests and many deliveries. Those transactions, and every read, run on one
-dedicated thread, because an fsync must never stall the event loop. The one
-exception: a write that fsyncs nothing (a claim or an ack) when the database is
-idle runs right away on the event loop, which is cheaper than handing it to the
-thread (tens of µs against a thread switch and GIL contention on every
-delivery). For that, automatic WAL checkpoints (which fsync) are off; the thread
-checkpoints every ``CHECKPOINT_CHANGES`` changed rows instead.
+Every write (puts from webhook requests, the dispatcher's claims and acks) joins
+one queue, flushed at the end of the event-loop iteration that queued it; whatever
+arrives while a transaction runs is committed together in the next one (group
+commit), so one transaction and at most one fsync serve many requests and many
+deliveries. A batch with events to accept commits on a dedicated thread, because
+an fsync must never stall the event loop, and so does every read. A batch of
+claims and acks alone fsyncs nothing: when the connection is free it commits
+right on the event loop, which costs less than handing it to the thread (a
+thread switch and GIL contention on every delivery). Automatic WAL checkpoints
+are off for that reason (they fsync inside the commit that triggers them); the
+thread checkpoints every ``CHECKPOINT_CHANGES`` changed rows instead.
 
 Tables:
 
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+
 log = logging.getLogger("bridge.outbox")
 
 _SCHEMA_VERSION = 2
@@ -167,7 +169,7 @@ class _Write:
 
     work: Callable[[sqlite3.Connection, float], Any]  # (connection, the transaction's clock reading)
     durable: bool
-    future: asyncio.Future[Any] | None  # None: run inline, the caller takes the result itself
+    future: asyncio.Future[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,46 +411,61 @@ class SqliteOutbox:
         each work sees the effects of the works queued before it. A failure rolls back the whole
         transaction and every caller in it hears about it.
         """
-        if not durable and not self._committing and self._db_lock.acquire(blocking=False):
-            # Nothing is queued or running (the lock says the thread is not reading either): a
-            # write that needs no fsync is cheapest right here.
-            try:
-                result: T = self._commit([_Write(work, False, None)])[0]
-            except OutboxUnavailable:
-                raise
-            except Exception as exc:
-                raise OutboxUnavailable(f"outbox write failed: {exc}") from exc
-            finally:
-                self._db_lock.release()
-            self._checkpoint_soon()
-            return result
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
         self._queued.append(_Write(work, durable, future))
         if not self._committing:
             self._committing = True
-            asyncio.get_running_loop().create_task(self._commit_queued())
+            # After the callbacks already due in this loop iteration, which may queue more
+            # (deliveries finishing together, requests arriving together).
+            loop.call_soon(self._flush)
         return await future
+
+    def _flush(self) -> None:
+        """Commit what is queued: right here when none of it fsyncs and the connection is free, else on the thread."""
+        if any(write.durable for write in self._queued) or not self._db_lock.acquire(blocking=False):
+            asyncio.get_running_loop().create_task(self._commit_queued())
+            return
+        batch, self._queued = self._queued, []
+        try:
+            outcome: list[Any] | Exception = self._commit(batch)
+        except Exception as exc:
+            outcome = exc
+        finally:
+            self._db_lock.release()
+            self._committing = False
+        self._settle(batch, outcome)
+        self._checkpoint_soon()
 
     async def _commit_queued(self) -> None:
         try:
             while self._queued:
                 batch, self._queued = self._queued, []
                 try:
-                    results = await self._run(self._commit, batch)
-                except Exception as exc:  # every waiter must hear about it, whatever it is
-                    failure = (
-                        exc if isinstance(exc, OutboxUnavailable) else OutboxUnavailable(f"outbox write failed: {exc}")
-                    )
-                    for write in batch:
-                        if write.future is not None and not write.future.done():
-                            write.future.set_exception(failure)
-                    continue
-                for write, result in zip(batch, results, strict=True):
-                    if write.future is not None and not write.future.done():  # its caller may have been cancelled
-                        write.future.set_result(result)
+                    outcome: list[Any] | Exception = await self._run(self._commit, batch)
+                except Exception as exc:
+                    outcome = exc
+                self._settle(batch, outcome)
         finally:
             self._committing = False
         self._checkpoint_soon()
+
+    @staticmethod
+    def _settle(batch: list[_Write], outcome: list[Any] | Exception) -> None:
+        """Give every caller in ``batch`` its result, or the failure: every one of them must hear."""
+        if isinstance(outcome, Exception):
+            failure = (
+                outcome
+                if isinstance(outcome, OutboxUnavailable)
+                else OutboxUnavailable(f"outbox write failed: {outcome}")
+            )
+            for write in batch:
+                if not write.future.done():
+                    write.future.set_exception(failure)
+            return
+        for write, result in zip(batch, outcome, strict=True):
+            if not write.future.done():  # its caller may have been cancelled
+                write.future.set_result(result)
 
     def _checkpoint_soon(self) -> None:
         """Checkpoint the WAL on the outbox thread once enough has changed since the last time."""
