@@ -107,6 +107,9 @@ CREATE TABLE IF NOT EXISTS key_state (
 #: looking at, and a Critical matters more than an Info.
 PRIORITY = {"Ok": 0, "Critical": 1, "Warning": 2, "Info": 3}
 _LOWEST = 4
+_PRIORITY_SQL = f"CASE event_status {' '.join(f'WHEN {s!r} THEN {p}' for s, p in PRIORITY.items())} ELSE {_LOWEST} END"
+#: Keys per ``IN (...)`` list, well under SQLite's limit on bound parameters.
+_KEYS_PER_QUERY = 500
 #: Rows changed between WAL checkpoints (SQLite's automatic checkpoint is about 1,000 pages).
 CHECKPOINT_CHANGES = 5000
 
@@ -167,9 +170,11 @@ class ClaimResult:
 class _Write:
     """One caller's work in the next group transaction, and where its result goes."""
 
-    work: Callable[[sqlite3.Connection, float], Any]  # (connection, the transaction's clock reading)
+    work: Callable[[sqlite3.Connection, float], Any] | None  # (connection, the transaction's clock reading)
     durable: bool
     future: asyncio.Future[Any]
+    #: A put (``work`` is None): the events of one request, inserted together with the puts next to it.
+    events: Sequence[NewEvent] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,8 +321,7 @@ class SqliteOutbox:
             # Schema 1 kept the schedule on events; build the heads from it.
             db.execute(
                 "INSERT OR IGNORE INTO heads (destination, alert_key, event_id, priority, next_attempt_at)"
-                " SELECT e.destination, e.alert_key, e.id, CASE e.event_status WHEN 'Ok' THEN 0 WHEN 'Critical'"
-                " THEN 1 WHEN 'Warning' THEN 2 WHEN 'Info' THEN 3 ELSE 4 END, e.next_attempt_at FROM events e"
+                f" SELECT e.destination, e.alert_key, e.id, {_PRIORITY_SQL}, e.next_attempt_at FROM events e"
                 " JOIN (SELECT MIN(id) AS id FROM events WHERE state = 'pending' GROUP BY destination, alert_key) h"
                 " ON h.id = e.id"
             )
@@ -390,14 +394,7 @@ class SqliteOutbox:
         if not events:
             return []
 
-        def work(db: sqlite3.Connection, now: float) -> list[bool] | None:
-            if self._pending + len(events) > self.max_pending:
-                return None
-            stored = [self._insert_one(db, event, now) for event in events]
-            self._pending += sum(stored)
-            return stored
-
-        stored = await self._write(work, durable=True)
+        stored: list[bool] | None = await self._enqueue(_Write(None, True, self._future(), events))
         if stored is None:
             raise OutboxFull(f"outbox holds {self.max_pending} pending events")
         return stored
@@ -411,15 +408,20 @@ class SqliteOutbox:
         each work sees the effects of the works queued before it. A failure rolls back the whole
         transaction and every caller in it hears about it.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queued.append(_Write(work, durable, future))
+        return await self._enqueue(_Write(work, durable, self._future()))  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _future() -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _enqueue(self, write: _Write) -> Any:
+        self._queued.append(write)
         if not self._committing:
             self._committing = True
             # After the callbacks already due in this loop iteration, which may queue more
             # (deliveries finishing together, requests arriving together).
-            loop.call_soon(self._flush)
-        return await future
+            asyncio.get_running_loop().call_soon(self._flush)
+        return await write.future
 
     def _flush(self) -> None:
         """Commit what is queued: right here when none of it fsyncs and the connection is free, else on the thread."""
@@ -490,40 +492,101 @@ class SqliteOutbox:
 
     def _commit(self, batch: list[_Write]) -> list[Any]:
         pending, now = self._pending, self._clock()
+
+        def work(db: sqlite3.Connection) -> list[Any]:
+            results: list[Any] = []
+            start = 0
+            while start < len(batch):
+                if batch[start].work is None:  # a run of puts: one pass over all their events
+                    end = start
+                    while end < len(batch) and batch[end].work is None:
+                        end += 1
+                    results += self._insert(db, [write.events for write in batch[start:end]], now)
+                    start = end
+                else:
+                    results.append(batch[start].work(db, now))  # type: ignore[misc]
+                    start += 1
+            return results
+
         try:
-            return self._transaction(
-                lambda db: [write.work(db, now) for write in batch], durable=any(write.durable for write in batch)
-            )
+            return self._transaction(work, durable=any(write.durable for write in batch))
         except BaseException:
             self._pending = pending  # the works counted changes that were rolled back
             raise
 
-    def _insert_one(self, db: sqlite3.Connection, event: NewEvent, now: float) -> bool:
-        key = (event.destination, event.alert_key)
-        if event.digest:
-            state = db.execute(
-                "SELECT accepted_digest, accepted_at FROM key_state WHERE destination = ? AND alert_key = ?", key
-            ).fetchone()
-            if state is not None and state[0] == event.digest and now - state[1] < self.refresh_interval:
-                return False
-        # Always recorded, even without a digest: the next event compares with *this* one.
-        db.execute(
-            "INSERT INTO key_state (destination, alert_key, accepted_digest, accepted_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT DO UPDATE SET accepted_digest = excluded.accepted_digest,"
-            " accepted_at = excluded.accepted_at",
-            (*key, event.digest, now),
-        )
-        cursor = db.execute(
-            "INSERT INTO events (destination, alert_key, source, event_status, body, created_at, next_attempt_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (*key, event.source, event.event_status, event.body, now, now),
-        )
-        db.execute(
-            "INSERT OR IGNORE INTO heads (destination, alert_key, event_id, priority, next_attempt_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (*key, cursor.lastrowid, PRIORITY.get(event.event_status, _LOWEST), now),
-        )
-        return True
+    def _insert(
+        self, db: sqlite3.Connection, requests: list[Sequence[NewEvent]], now: float
+    ) -> list[list[bool] | None]:
+        """Insert several requests' events in one pass; per request, what was stored (None: no room).
+
+        Each request is all or nothing against ``max_pending``. An event whose digest equals the
+        last accepted one of its key within ``refresh_interval`` is suppressed (False); every
+        stored event, digest or not, becomes what the next one of its key is compared with. The
+        statements run once per batch (``executemany``), not once per event.
+        """
+        states = self._accepted_states(db, {(e.destination, e.alert_key) for events in requests for e in events})
+        results: list[list[bool] | None] = []
+        rows: list[tuple[Any, ...]] = []
+        accepted: dict[tuple[str, str], str] = {}  # key -> digest of its newest stored event
+        for events in requests:
+            if self._pending + len(events) > self.max_pending:
+                results.append(None)
+                continue
+            stored = []
+            for event in events:
+                key = (event.destination, event.alert_key)
+                state = states.get(key)
+                repeat = (
+                    bool(event.digest)
+                    and state is not None
+                    and state[0] == event.digest
+                    and now - state[1] < self.refresh_interval
+                )
+                stored.append(not repeat)
+                if not repeat:
+                    states[key] = (event.digest, now)
+                    accepted[key] = event.digest
+                    rows.append((*key, event.source, event.event_status, event.body, now, now))
+            self._pending += sum(stored)
+            results.append(stored)
+        if rows:
+            (newest,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+            db.executemany(
+                "INSERT INTO key_state (destination, alert_key, accepted_digest, accepted_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET accepted_digest = excluded.accepted_digest,"
+                " accepted_at = excluded.accepted_at",
+                [(*key, digest, now) for key, digest in accepted.items()],
+            )
+            db.executemany(
+                "INSERT INTO events (destination, alert_key, source, event_status, body, created_at, next_attempt_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            # AUTOINCREMENT ids only grow, so the new events are those above the old maximum. In id
+            # order, the first new event of a key without pending events becomes its head.
+            db.execute(
+                "INSERT OR IGNORE INTO heads (destination, alert_key, event_id, priority, next_attempt_at)"
+                f" SELECT destination, alert_key, id, {_PRIORITY_SQL}, ? FROM events WHERE id > ? ORDER BY id",
+                (now, newest),
+            )
+        return results
+
+    def _accepted_states(self, db: sqlite3.Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        """``(digest, accepted_at)`` of the last accepted event, for each of ``keys`` that has one."""
+        by_destination: dict[str, list[str]] = {}
+        for destination, alert_key in keys:
+            by_destination.setdefault(destination, []).append(alert_key)
+        states: dict[tuple[str, str], Any] = {}
+        for destination, alert_keys in by_destination.items():
+            for start in range(0, len(alert_keys), _KEYS_PER_QUERY):
+                chunk = alert_keys[start : start + _KEYS_PER_QUERY]
+                for alert_key, digest, at in db.execute(
+                    "SELECT alert_key, accepted_digest, accepted_at FROM key_state"
+                    f" WHERE destination = ? AND alert_key IN ({', '.join('?' * len(chunk))})",
+                    (destination, *chunk),
+                ):
+                    states[(destination, alert_key)] = (digest, at)
+        return states
 
     async def save_passthrough_key(self, destination: str, integration_key: str) -> None:
         """Remember a key from a sender's URL, so its queued events can be delivered after a restart."""
