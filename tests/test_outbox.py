@@ -1009,6 +1009,34 @@ async def test_stats_count_pending_and_dead_and_report_the_oldest_pending(
     assert await outbox.stats() == OutboxStats(pending=2, dead=1, oldest_pending_created_at=1050.0)
 
 
+async def test_destinations_and_next_due_are_index_lookups_not_backlog_scans(tmp_path: Path) -> None:
+    """With thousands of heads, the delivery loop's polling must not read them all (it runs every pass)."""
+    clock = FakeClock(1000.0)
+    box = SqliteOutbox(tmp_path / "outbox", max_pending=10_000, clock=clock)
+    await box.open()
+    try:
+        await box.put([ev(f"k{i}", f"b{i}", destination=name) for name in ("a", "c", "b") for i in range(1000)])
+        clock.now = 1005.0
+        await claim(box, 1000, destination="b")  # every head of b leased until 1035
+        assert await box.destinations() == ["a", "b", "c"]
+        assert await box.next_due("b") == 1035.0
+        assert await box.next_due() == 1000.0
+        db = sqlite3.connect(box.path)
+        try:
+            plan = " ".join(
+                row[3]
+                for row in db.execute(
+                    "EXPLAIN QUERY PLAN SELECT MIN(MAX(next_attempt_at, lease_until)) FROM heads WHERE destination = ?",
+                    ("a",),
+                )
+            )
+        finally:
+            db.close()
+    finally:
+        await box.close()
+    assert "USING INDEX heads_due" in plan, plan
+
+
 async def test_next_due_returns_the_earliest_due_head_or_none_when_empty(
     outbox: SqliteOutbox, clock: FakeClock
 ) -> None:
