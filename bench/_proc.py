@@ -128,13 +128,7 @@ def start_bridge(
         work / f"{name}.log",
         env={**source.env(), **(env or {})},
     )
-    url = f"http://{LOOPBACK}:{port}"
-    try:
-        proc.wait_http(f"{url}/-/ready", timeout=60)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, url
+    return _ready(proc, f"http://{LOOPBACK}:{port}", "/-/ready")
 
 
 def start_module(work: Path, name: str, argv_for_port: list[str], ready: str) -> tuple[Proc, str]:
@@ -142,9 +136,13 @@ def start_module(work: Path, name: str, argv_for_port: list[str], ready: str) ->
     port = free_port()
     argv = [arg.replace("{port}", str(port)) for arg in argv_for_port]
     proc = Proc(argv, work / f"{name}.log", env={"PYTHONPATH": str(REPO), "PYTHONSAFEPATH": "1"})
-    url = f"http://{LOOPBACK}:{port}"
+    return _ready(proc, f"http://{LOOPBACK}:{port}", ready)
+
+
+def _ready(proc: Proc, url: str, path: str) -> tuple[Proc, str]:
+    """Wait until ``proc`` answers on ``path``; stop it if it never does."""
     try:
-        proc.wait_http(f"{url}{ready}", timeout=60)
+        proc.wait_http(f"{url}{path}", timeout=60)
     except BaseException:
         proc.stop()
         raise

@@ -174,25 +174,20 @@ async def test_an_answer_trickling_past_the_deadline_is_a_timeout() -> None:
     assert (outcome.verdict, outcome.reason) == (Verdict.RETRY, Reason.TIMEOUT)
 
 
-async def test_a_peer_closing_mid_answer_is_a_retryable_network_error() -> None:
-    async def hang_up(writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
+@pytest.mark.parametrize(
+    "answer",
+    [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{", b"NOT HTTP AT ALL\r\n\r\n"],
+    ids=["closed-mid-answer", "garbled-status-line"],
+)
+async def test_a_broken_answer_is_a_retryable_network_error(answer: bytes) -> None:
+    async def broken(writer: asyncio.StreamWriter) -> None:
+        writer.write(answer)
         await writer.drain()
 
-    async with raw_peer(hang_up) as url:
+    async with raw_peer(broken) as url:
         outcome = await send_to(url)
     assert (outcome.verdict, outcome.reason, outcome.code) == (Verdict.RETRY, Reason.NETWORK, "network")
     assert KEY not in outcome.message
-
-
-async def test_a_garbled_status_line_is_a_retryable_network_error() -> None:
-    async def garble(writer: asyncio.StreamWriter) -> None:
-        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
-        await writer.drain()
-
-    async with raw_peer(garble) as url:
-        outcome = await send_to(url)
-    assert (outcome.verdict, outcome.reason) == (Verdict.RETRY, Reason.NETWORK)
 
 
 async def test_the_environment_proxy_carries_the_request_and_no_proxy_bypasses_it(
