@@ -1,6 +1,6 @@
 """flashduty-bridge benchmark: intake and delivery in one run, one table.
 
-    python -m bench            # full run, about 7 minutes per bridge source
+    python -m bench            # full run, about 10 minutes per bridge source
     python -m bench --quick    # smoke run, about a minute
 
 Intake (``bench/intake.py``, needs ``wrk``): a bare Starlette baseline and the bridge in
@@ -31,7 +31,7 @@ from typing import Any
 from bench import delivery, intake
 from bench._proc import RESULTS, log, sources_from
 
-FULL = {"rounds": 3, "seconds": 8, "events": 100_000, "drain_seconds": 45.0}
+FULL = {"rounds": 3, "seconds": 8, "events": 100_000, "drain_seconds": 90.0}
 INTAKE_COLUMNS = (
     "target|alerts/req|req/s|alerts/s|p50 ms|p99 ms|vs base|CPU µs/alert|RSS idle MiB|RSS load MiB"
     "|queued at end|non-2xx/sock err|200 => stored"
