@@ -237,36 +237,39 @@ class Mapper:
         preferred = [name for name in priority if name in annotations and name not in own]
         preferred += [name for name in _PREFERRED_ANNOTATIONS if name in annotations and name not in preferred]
         notes = sorted(set(annotations) - set(preferred))
-        candidates = [(name, own[name]) for name in first + rest]
-        candidates += [(name, annotations[name]) for name in preferred + notes]
-        candidates = [(name, value) for name, value in candidates if value != ""]
+        candidates = [(name, value) for name in first + rest if (value := own[name]) != ""]
+        candidates += [(name, value) for name in preferred + notes if (value := annotations[name]) != ""]
         identity = first
 
         # Keys that are already valid claim their names before any rewritten key does,
         # so a real "service_name" label always keeps its name over "service.name".
-        keys: list[str | None] = [None] * len(candidates)
+        keys: list[str | None] = []
         taken: set[str] = set()
-        for index, (name, _value) in enumerate(candidates):
+        for name, _value in candidates:
             if len(name) <= limits.LABEL_KEY_MAX and name not in taken and limits.is_label_key(name):
-                keys[index] = name
+                keys.append(name)
                 taken.add(name)
-        for index, (name, value) in enumerate(candidates):
-            if keys[index] is not None:
-                continue
-            if name in own and name in annotations and own[name] == value and index >= len(identity) + len(rest):
-                continue  # an annotation repeating a label with the same value adds nothing
-            key = limits.sanitise_label_key(name)
-            reason = "sanitised" if key != name else "collision"
-            if len(name) > limits.LABEL_KEY_MAX and limits.LABEL_KEY.match(name):
-                self.metrics.truncations.labels("label_key").inc()
-            attempt = 0
-            while key in taken:
-                reason = "collision"
-                key = _suffixed(limits.sanitise_label_key(name), name, attempt)
-                attempt += 1
-            self.metrics.labels_renamed.labels(reason).inc()
-            keys[index] = key
-            taken.add(key)
+            else:
+                keys.append(None)
+        # Rewrite the rest (none left when every name was valid and distinct, the usual case).
+        if len(taken) < len(candidates):
+            for index, (name, value) in enumerate(candidates):
+                if keys[index] is not None:
+                    continue
+                if name in own and name in annotations and own[name] == value and index >= len(identity) + len(rest):
+                    continue  # an annotation repeating a label with the same value adds nothing
+                key = limits.sanitise_label_key(name)
+                reason = "sanitised" if key != name else "collision"
+                if len(name) > limits.LABEL_KEY_MAX and limits.LABEL_KEY.match(name):
+                    self.metrics.truncations.labels("label_key").inc()
+                attempt = 0
+                while key in taken:
+                    reason = "collision"
+                    key = _suffixed(limits.sanitise_label_key(name), name, attempt)
+                    attempt += 1
+                self.metrics.labels_renamed.labels(reason).inc()
+                keys[index] = key
+                taken.add(key)
 
         out: dict[str, str] = {}
         dropped = 0
