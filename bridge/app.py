@@ -17,6 +17,7 @@ import logging
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from bridge.emulate import STATUS_BY_CODE
 from bridge.metrics import Metrics
 from bridge.outbox import OutboxUnavailable, SqliteOutbox
 from bridge.outbox.dispatcher import Dispatcher
-from bridge.responses import envelope
+from bridge.responses import envelope, fast_envelope
 from bridge.routing import passthrough_destination
 from bridge.runtime import Runtime
 from bridge.sources import InvalidPayload, Skipped, alertmanager, grafana
@@ -68,6 +69,24 @@ async def read_body(request: Request, limit: int) -> bytes:
         if len(raw) > limit:
             raise BodyTooLarge(f"body exceeds the limit of {limit} bytes (max_body_bytes)")
     return bytes(raw)
+
+
+def request_headers(request: Request) -> dict[str, str]:
+    """``dict(request.headers)``: names as sent (lower case), the first value of a repeated name.
+
+    Built from the raw ASGI list in one pass; ``Headers`` looks every name up again.
+    """
+    headers: dict[str, str] = {}
+    for name, value in request.scope["headers"]:
+        if not name.islower():  # ASGI servers send lower-case names; anything else as Starlette does it
+            return dict(request.headers)
+        headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return headers
+
+
+def request_query(request: Request) -> dict[str, str]:
+    """``dict(request.query_params)``, without parsing an empty query string."""
+    return dict(request.query_params) if request.scope["query_string"] else {}
 
 
 @dataclass
@@ -138,7 +157,7 @@ async def receive(request: Request, name: str) -> Response:
     source = runtime.sources.get(name)
     if source is None:
         return envelope(404, request_id, code="RouteNotFound", message=f"no source {name!r} in the config")
-    headers, query = dict(request.headers), dict(request.query_params)
+    headers, query = request_headers(request), request_query(request)
     try:
         raw = await read_body(request, runtime.config.max_body_bytes)
         source.auth.verify(headers, raw)
@@ -179,25 +198,27 @@ async def receive(request: Request, name: str) -> Response:
         return envelope(503, request_id, code="ServiceUnavailable", message=str(exc))
     bridge.dispatcher.wake()
 
-    metrics.requests.labels(name, "accepted").inc()
-    metrics.alerts.labels(name, "accepted").inc(len(alerts))
-    for _, reason in prepared.skipped:
-        metrics.unrouted.labels(name, reason).inc()
-    for (_, event), kept in zip(prepared.events, stored, strict=True):
-        if kept:
-            metrics.events.labels(name, event.event_status).inc()
-        else:
-            metrics.suppressed.labels(name).inc()
+    # Counted per series, not per alert: one increment by n is the same count as n increments.
+    metrics.child(metrics.requests, name, "accepted").inc()
+    metrics.child(metrics.alerts, name, "accepted").inc(len(alerts))
+    for reason, count in Counter(reason for _, reason in prepared.skipped).items():
+        metrics.child(metrics.unrouted, name, reason).inc(count)
+    statuses = Counter(event.event_status for (_, event), kept in zip(prepared.events, stored, strict=True) if kept)
+    for status, count in statuses.items():
+        metrics.child(metrics.events, name, status).inc(count)
+    suppressed = len(stored) - statuses.total()
+    if suppressed:
+        metrics.child(metrics.suppressed, name).inc(suppressed)
     keys = list(dict.fromkeys(event.alert_key for _, event in prepared.events))
     if name == standard_module.SOURCE:  # answer exactly as Flashduty does
-        return envelope(200, request_id, data={"alert_key": alerts[0].alert_key})
-    return envelope(
+        return fast_envelope(200, request_id, data={"alert_key": alerts[0].alert_key})
+    return fast_envelope(
         200,
         request_id,
         data={
             "accepted": len(alerts),
-            "events": stored.count(True),
-            "suppressed": stored.count(False),
+            "events": len(stored) - suppressed,
+            "suppressed": suppressed,
             "unrouted": len(prepared.skipped),
             "alert_keys": keys,
         },

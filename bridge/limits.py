@@ -48,7 +48,16 @@ def _is_regional_indicator(char: str) -> bool:
 
 def clean_text(value: str) -> str:
     """Replace lone surrogates (which would break UTF-8 encoding) with U+FFFD."""
+    if value.isascii():  # most text; a surrogate is never ASCII
+        return value
     return _LONE_SURROGATE.sub("\ufffd", value)
+
+
+def is_label_key(name: str) -> bool:
+    """``LABEL_KEY.match(name)``, without the regex for the usual plain names."""
+    # An ASCII identifier is exactly [a-zA-Z_][a-zA-Z0-9_]*; anything else asks the regex
+    # (whose "$" also accepts one trailing newline: kept, as every key check so far did).
+    return (name.isascii() and name.isidentifier()) or LABEL_KEY.match(name) is not None
 
 
 def truncate(value: str, limit: int, marker: str = ELLIPSIS) -> tuple[str, bool]:

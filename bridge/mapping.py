@@ -33,14 +33,16 @@ if TYPE_CHECKING:
 #: Annotations worth keeping first when the 50-label cap bites, in this order.
 _PREFERRED_ANNOTATIONS = ("summary", "description", "message", "runbook_url")
 _DESCRIPTION_ANNOTATIONS = ("description", "message", "summary")
-_WHITESPACE = re.compile(r"\s+")
 _TPL = "[TPL]"
 #: Links are short; cap their share of the description so the text always has room.
 _LINKS_MAX = 1024
+#: Sender kinds whose status comes from the source config rather than the severity table.
+_KIND_STATUS = {"nodata": "nodata_status", "error": "error_status", "test": "test_status"}
 
 
 def _one_line(text: str) -> str:
-    return _WHITESPACE.sub(" ", text).strip()
+    """Runs of whitespace become one space, none at the ends (str.split's whitespace is regex \\s)."""
+    return " ".join(text.split())
 
 
 def _suffixed(key: str, original: str, attempt: int) -> str:
@@ -50,6 +52,11 @@ def _suffixed(key: str, original: str, attempt: int) -> str:
 
 def _matches_any(patterns: Sequence[str], name: str) -> bool:
     return any(re.fullmatch(pattern, name) for pattern in patterns)
+
+
+def _changes_names(rules: Sequence[LabelRules]) -> bool:
+    """Whether any rule renames, enriches, adds, drops or keeps (else apply_rules changes nothing)."""
+    return any(rule.rename or rule.enrich or rule.add or rule.drop or rule.keep for rule in rules)
 
 
 def apply_rules(
@@ -105,7 +112,7 @@ class Mapper:
             return alert.event_status
         if alert.status == "resolved":
             return "Ok"
-        kind_status = {"nodata": "nodata_status", "error": "error_status", "test": "test_status"}.get(alert.kind)
+        kind_status = _KIND_STATUS.get(alert.kind)
         if kind_status is not None and hasattr(self.config, kind_status):
             return getattr(self.config, kind_status)  # type: ignore[no-any-return]  # validated in config
         # A route's table overrides entries of the source's table; the rest still applies.
@@ -168,14 +175,12 @@ class Mapper:
         return self._limit("title_rule", title, limits.TITLE_MAX)
 
     def description(self, alert: Alert) -> str:
-        text = next(
-            (
-                alert.annotations[name].strip()
-                for name in _DESCRIPTION_ANNOTATIONS
-                if alert.annotations.get(name, "").strip()
-            ),
-            "",
-        )
+        text = ""
+        for name in _DESCRIPTION_ANNOTATIONS:  # the first that is not blank
+            value = alert.annotations.get(name)
+            if value and (value := value.strip()):
+                text = value
+                break
         if alert.description is not None:
             text = alert.description.strip()
         elif alert.kind == "error" and alert.annotations.get("Error"):
@@ -212,49 +217,59 @@ class Mapper:
         return tuple(images)
 
     def labels(self, alert: Alert, rules: Sequence[LabelRules] = ()) -> dict[str, str]:
-        extra = {f"{role}_url": url for role, url in alert.links.items()}
-        if alert.is_test:
-            extra["test_notification"] = "true"
-        extra.update({"template_error": ",".join(alert.template_errors)} if alert.template_errors else {})
-        own, annotations, removed = apply_rules({**alert.labels, **extra}, alert.annotations, rules)
-        if removed:
-            self.metrics.labels_dropped.labels("rule").inc(removed)
+        own: Mapping[str, str] = alert.labels
+        if alert.links or alert.is_test or alert.template_errors:
+            extra = {f"{role}_url": url for role, url in alert.links.items()}
+            if alert.is_test:
+                extra["test_notification"] = "true"
+            extra.update({"template_error": ",".join(alert.template_errors)} if alert.template_errors else {})
+            own = {**own, **extra}
+        annotations: Mapping[str, str] = alert.annotations
+        if _changes_names(rules):
+            own, annotations, removed = apply_rules(own, annotations, rules)
+            if removed:
+                self.metrics.labels_dropped.labels("rule").inc(removed)
+        # From here on own and annotations are only read (they may be the alert's own dicts).
         priority = [name for rule in rules for name in rule.priority]
-        first = list(dict.fromkeys(name for name in (*priority, *self.config.identity_labels) if name in own))
-        rest = sorted(set(own) - set(first))
+        order = (*priority, *self.config.identity_labels) if priority else self.config.identity_labels
+        first = list(dict.fromkeys([name for name in order if name in own]))
+        rest = sorted(set(own).difference(first))
         preferred = [name for name in priority if name in annotations and name not in own]
         preferred += [name for name in _PREFERRED_ANNOTATIONS if name in annotations and name not in preferred]
         notes = sorted(set(annotations) - set(preferred))
-        candidates = [(name, own[name]) for name in first + rest]
-        candidates += [(name, annotations[name]) for name in preferred + notes]
-        candidates = [(name, value) for name, value in candidates if value != ""]
+        candidates = [(name, value) for name in first + rest if (value := own[name]) != ""]
+        candidates += [(name, value) for name in preferred + notes if (value := annotations[name]) != ""]
         identity = first
 
         # Keys that are already valid claim their names before any rewritten key does,
         # so a real "service_name" label always keeps its name over "service.name".
-        keys: list[str | None] = [None] * len(candidates)
+        keys: list[str | None] = []
         taken: set[str] = set()
-        for index, (name, _value) in enumerate(candidates):
-            if limits.LABEL_KEY.match(name) and len(name) <= limits.LABEL_KEY_MAX and name not in taken:
-                keys[index] = name
+        for name, _value in candidates:
+            if len(name) <= limits.LABEL_KEY_MAX and name not in taken and limits.is_label_key(name):
+                keys.append(name)
                 taken.add(name)
-        for index, (name, value) in enumerate(candidates):
-            if keys[index] is not None:
-                continue
-            if name in own and name in annotations and own[name] == value and index >= len(identity) + len(rest):
-                continue  # an annotation repeating a label with the same value adds nothing
-            key = limits.sanitise_label_key(name)
-            reason = "sanitised" if key != name else "collision"
-            if len(name) > limits.LABEL_KEY_MAX and limits.LABEL_KEY.match(name):
-                self.metrics.truncations.labels("label_key").inc()
-            attempt = 0
-            while key in taken:
-                reason = "collision"
-                key = _suffixed(limits.sanitise_label_key(name), name, attempt)
-                attempt += 1
-            self.metrics.labels_renamed.labels(reason).inc()
-            keys[index] = key
-            taken.add(key)
+            else:
+                keys.append(None)
+        # Rewrite the rest (none left when every name was valid and distinct, the usual case).
+        if len(taken) < len(candidates):
+            for index, (name, value) in enumerate(candidates):
+                if keys[index] is not None:
+                    continue
+                if name in own and name in annotations and own[name] == value and index >= len(identity) + len(rest):
+                    continue  # an annotation repeating a label with the same value adds nothing
+                key = limits.sanitise_label_key(name)
+                reason = "sanitised" if key != name else "collision"
+                if len(name) > limits.LABEL_KEY_MAX and limits.LABEL_KEY.match(name):
+                    self.metrics.truncations.labels("label_key").inc()
+                attempt = 0
+                while key in taken:
+                    reason = "collision"
+                    key = _suffixed(limits.sanitise_label_key(name), name, attempt)
+                    attempt += 1
+                self.metrics.labels_renamed.labels(reason).inc()
+                keys[index] = key
+                taken.add(key)
 
         out: dict[str, str] = {}
         dropped = 0
@@ -264,7 +279,12 @@ class Mapper:
             if len(out) >= limits.LABELS_MAX:
                 dropped += 1
                 continue
-            out[slot] = self._limit("label_value", limits.clean_text(value), limits.LABEL_VALUE_MAX)
+            value = limits.clean_text(value)
+            out[slot] = (
+                self._limit("label_value", value, limits.LABEL_VALUE_MAX)
+                if len(value) > limits.LABEL_VALUE_MAX
+                else value
+            )
         if dropped:
             self.metrics.labels_dropped.labels("limit").inc(dropped)
         return out

@@ -8,7 +8,11 @@ sets; label combinations that matter at zero are created up front so that
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.metrics import MetricWrapperBase
 
 from bridge import __version__
 
@@ -22,6 +26,8 @@ TRUNCATED_FIELDS = ("title_rule", "description", "alert_key", "label_key", "labe
 LABEL_DROP_REASONS = ("limit", "rule")
 LABEL_RENAME_REASONS = ("sanitised", "collision")
 
+M = TypeVar("M", bound=MetricWrapperBase)
+
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
@@ -30,6 +36,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._children: dict[tuple[Hashable, ...], MetricWrapperBase] = {}
         p = PREFIX
         self.info = Info(f"{p}_build", "Version of the running bridge.", registry=registry)
         self.info.info({"version": __version__})
@@ -189,6 +196,18 @@ class Metrics:
             self.reloads.labels(result)
         for reason in LABEL_RENAME_REASONS:
             self.labels_renamed.labels(reason)
+
+    def child(self, metric: M, *values: str) -> M:
+        """``metric.labels(*values)``, remembered: the receive path counts several series per request.
+
+        ``labels()`` validates and locks on every call (~1 µs); a series, once created, is the
+        same object for the life of the metric (the bridge never removes series).
+        """
+        key = (metric, *values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found  # type: ignore[return-value]  # stored under this metric: its own child type
 
     def init_destination(self, destination: str) -> None:
         """Create the per-destination series at zero."""

@@ -10,7 +10,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from json.encoder import encode_basestring
 from typing import Any, Literal
+
+import orjson
 
 AlertStatus = Literal["firing", "resolved"]
 #: What kind of condition an alert reports, for senders that tell them apart (Grafana):
@@ -95,12 +98,30 @@ class Event:
         return body
 
     def digest(self) -> str:
-        """What the event says (not when): equal digests mean a repeat with nothing new."""
-        said = [self.event_status, self.title_rule, self.description, sorted(self.labels.items())]
-        return hashlib.sha256(json.dumps(said, ensure_ascii=False).encode(errors="surrogatepass")).hexdigest()[:32]
+        """What the event says (not when): equal digests mean a repeat with nothing new.
+
+        The SHA-256 of ``json.dumps([status, title, description, sorted(labels.items())],
+        ensure_ascii=False)``. Digests are stored in the outbox and compared across restarts
+        and upgrades, so that text must never change; it is built here from the very string
+        encoder json.dumps uses, which is what json.dumps would build, without its per-call
+        encoder setup (tests compare the two).
+        """
+        pairs = ", ".join([f"[{encode_basestring(k)}, {encode_basestring(v)}]" for k, v in sorted(self.labels.items())])
+        said = (
+            f"[{encode_basestring(self.event_status)}, {encode_basestring(self.title_rule)},"
+            f" {encode_basestring(self.description)}, [{pairs}]]"
+        )
+        return hashlib.sha256(said.encode(errors="surrogatepass")).hexdigest()[:32]
 
     def to_json(self) -> str:
-        return json.dumps(self.to_body(), ensure_ascii=False, separators=(",", ":"))
+        """The body sent to Flashduty: compact JSON, UTF-8 text unescaped, keys in :meth:`to_body` order."""
+        body = self.to_body()
+        try:
+            # Byte for byte what json.dumps(ensure_ascii=False, separators=(",", ":")) gives, faster.
+            return orjson.dumps(body).decode()
+        except orjson.JSONEncodeError:
+            # What orjson refuses (a lone surrogate, an integer beyond 64 bits) json.dumps still writes.
+            return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
     def __repr__(self) -> str:
         return f"Event({self.event_status}, key={self.alert_key}, title={self.title_rule[:60]!r})"

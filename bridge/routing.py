@@ -56,6 +56,13 @@ class Router:
         self.global_labels = config.labels
         has_default = not config.flashduty.dry_run or config.dry_run
         self.default = DEFAULT_DESTINATION if has_default else None
+        # Targets are immutable and the same for every alert a route (or the default) takes:
+        # built once per config, not once per alert.
+        self._route_targets = tuple(
+            self._target(route.destination, route, index) if route.destination is not None else None
+            for index, route in enumerate(self.routes)
+        )
+        self._default_targets = [self._target(self.default)] if self.default is not None else None
 
     def _target(self, destination: str, route: RouteConfig | None = None, index: int | None = None) -> Target:
         rules = (self.global_labels, route.labels) if route is not None else (self.global_labels,)
@@ -75,13 +82,14 @@ class Router:
                 if targets:
                     break  # earlier routes with continue already chose destinations
                 raise Skip("dropped_by_route", f"dropped by routes[{index}]")
-            assert route.destination is not None  # validated: a route has a destination or drops
-            if all(target.destination != route.destination for target in targets):
-                targets.append(self._target(route.destination, route, index))
+            target = self._route_targets[index]
+            assert target is not None  # validated: a route has a destination or drops
+            if all(chosen.destination != target.destination for chosen in targets):
+                targets.append(target)
             if not route.continue_:
                 break
         if targets:
             return targets
-        if self.default is None:
+        if self._default_targets is None:
             raise Skip("no_route", "no route matched and there is no default destination")
-        return [self._target(self.default)]
+        return list(self._default_targets)

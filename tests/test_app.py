@@ -271,6 +271,39 @@ def test_outbox_full_answers_503_so_alertmanager_retries_and_keeps_what_it_had(
     assert bridge.metric("flashduty_bridge_alerts_received_total", source="alertmanager", outcome="unavailable") == 1
 
 
+def test_answer_and_metrics_count_every_alert_event_repeat_and_drop(make_bridge: MakeBridge) -> None:
+    """Per request: accepted alerts, events by status, suppressed repeats and unrouted alerts, each counted once."""
+    bridge = make_bridge(routes=[{"matchers": ['env="dev"'], "drop": True}])
+    alerts = [
+        alert({"alertname": "A", "severity": "critical"}),
+        alert({"alertname": "B", "severity": "critical"}),
+        alert({"alertname": "C", "severity": "info"}),
+        alert({"alertname": "D"}, status="resolved"),
+        alert({"alertname": "Dev", "env": "dev"}),
+        alert({"alertname": "Dev2", "env": "dev"}),
+    ]
+    first = bridge.post("/alertmanager?source=x", webhook(*alerts))
+    assert first.status_code == 200, first.text
+    data = first.json()["data"]
+    assert (data["accepted"], data["events"], data["suppressed"], data["unrouted"]) == (6, 4, 0, 2)
+    assert len(data["alert_keys"]) == 4
+    again = bridge.post("/alertmanager", webhook(*alerts[:3])).json()["data"]  # nothing new: suppressed
+    assert (again["accepted"], again["events"], again["suppressed"], again["unrouted"]) == (3, 0, 3, 0)
+
+    def counted(name: str, **labels: str) -> float:
+        return bridge.metric(f"flashduty_bridge_{name}", source="alertmanager", **labels)
+
+    assert counted("requests_total", outcome="accepted") == 2
+    assert counted("alerts_received_total", outcome="accepted") == 9
+    assert counted("events_total", status="Critical") == 2
+    assert counted("events_total", status="Info") == 1
+    assert counted("events_total", status="Ok") == 1
+    assert counted("events_total", status="Warning") == 0
+    assert counted("events_suppressed_total") == 3
+    assert counted("alerts_unrouted_total", reason="dropped_by_route") == 2
+    assert counted("alerts_unrouted_total", reason="no_route") == 0
+
+
 def test_dry_run_without_a_key_shows_what_it_would_send(make_bridge: MakeBridge) -> None:
     """No integration key: the bridge says DRY RUN at start and lists each mapped event at /-/dry-run."""
     bridge = make_bridge()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.limits import clean_text, sanitise_label_key, truncate
+from bridge.limits import LABEL_KEY, clean_text, is_label_key, sanitise_label_key, truncate
 
 
 def test_short_text_is_unchanged() -> None:
@@ -40,6 +40,28 @@ def test_truncation_never_splits_a_user_visible_character(text: str, limit: int,
 def test_lone_surrogate_is_replaced() -> None:
     """A lone surrogate becomes U+FFFD so the text encodes as UTF-8."""
     assert clean_text("a\ud800b") == "a\ufffdb"
+
+
+def test_clean_text_keeps_every_other_code_point() -> None:
+    """The ASCII shortcut and the regex agree: only surrogates change."""
+    for code in range(0x110000):
+        text = f"a{chr(code)}"
+        expected = "a\ufffd" if 0xD800 <= code <= 0xDFFF else text
+        assert clean_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "name", ["a", "_", "A_1", "alertname", "1a", "", "a.b", "a-b", "é", "a\n", "a\n\n", "\na", "a ", "ǅ"]
+)
+def test_is_label_key_is_the_label_key_regex(name: str) -> None:
+    """Same answer as LABEL_KEY.match, including the regex's "$" accepting one trailing newline."""
+    assert is_label_key(name) == (LABEL_KEY.match(name) is not None)
+
+
+def test_is_label_key_agrees_with_the_regex_on_every_code_point() -> None:
+    for code in range(0x110000):
+        for name in (chr(code), f"a{chr(code)}", f"{chr(code)}a"):
+            assert is_label_key(name) == (LABEL_KEY.match(name) is not None), hex(code)
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bridge import limits
+from bridge import limits, mapping
 from bridge.config import AlertmanagerConfig
 from bridge.mapping import Mapper
 from bridge.metrics import Metrics
@@ -244,3 +245,11 @@ def test_fixture_events_are_complete() -> None:
         assert body["title_rule"].startswith("NodeDiskUsageHigh: 节点磁盘使用率过高")
         assert body["alert_key"] == f"alertmanager:{alert.fingerprint}"
         assert body["labels"]["alertgroup"] == "HostDiskAlerts"
+
+
+def test_one_line_is_whitespace_collapsing_for_every_code_point() -> None:
+    """Titles collapse whitespace runs exactly as the regex \\s+ → " " plus strip() did."""
+    whitespace = re.compile(r"\s+")
+    for code in range(0x110000):
+        text = f" a{chr(code)}{chr(code)}b {chr(code)}"
+        assert mapping._one_line(text) == whitespace.sub(" ", text).strip(), hex(code)

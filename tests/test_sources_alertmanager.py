@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
-from bridge.sources import InvalidPayload
+from bridge.sources import InvalidPayload, decode_json
 from bridge.sources.alertmanager import fingerprint, parse
 from tests.conftest import payload
 
@@ -96,3 +98,44 @@ def test_many_errors_are_summarised() -> None:
     with pytest.raises(InvalidPayload) as info:
         parse(body)
     assert "and 15 more" in str(info.value)
+
+
+def json_loads_reference(raw: bytes) -> Any:
+    """decode_json as it was written first: json.loads with a parse_constant that refuses NaN/Infinity."""
+    text = raw.decode("utf-8")
+
+    def reject_constant(name: str) -> Any:
+        raise InvalidPayload(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(text, parse_constant=reject_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidPayload(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"version":"4","alerts":[]}',
+        b'\xef\xbb\xbf{"version":"4","alerts":[]}',  # a UTF-8 BOM: refused, as json.loads does
+        b'{"a":NaN}',
+        b'{"a":-Infinity}',
+        b'{"a":1e400,"b":123456789012345678901234567890,"c":-0,"d":1.5,"e":"\xc3\xa9"}',
+        b'{"a":1,"a":2}',
+        b'{"a":[1,2,}',
+        b'{"a":"\x01"}',
+        b"{'a':1}",
+        b'{"a":1} {"b":2}',
+        b"\n\t [1, {}]\n",
+    ],
+)
+def test_decode_json_decodes_and_refuses_exactly_as_json_loads(raw: bytes) -> None:
+    """The decoder is built once now; what it returns and the message it refuses with are unchanged."""
+    try:
+        expected: Any = json_loads_reference(raw)
+    except InvalidPayload as exc:
+        with pytest.raises(InvalidPayload) as refused:
+            decode_json(raw)
+        assert str(refused.value) == str(exc)
+    else:
+        assert repr(decode_json(raw)) == repr(expected)
