@@ -57,7 +57,8 @@ BASELINE_APP = textwrap.dedent(
     """
 )
 
-# ALERTS_PER_REQUEST alerts per request, distinct across requests and threads. With
+# ALERTS_PER_REQUEST alerts per request, distinct across requests and threads, each with the
+# fingerprint Alertmanager (since 0.19) sends, unique per alert like a real one. With
 # RATE_PER_THREAD (requests/s) set, delay() paces each thread on a fixed schedule: every
 # request takes the next slot, so the rate holds whatever the latency, as long as enough
 # connections are idle; a thread that falls behind by more than a slot restarts from now
@@ -77,7 +78,7 @@ LUA = textwrap.dedent(
           '{"status":"firing","labels":{"alertname":"Bench","instance":"node-%d-%d-%d","job":"node",' ..
           '"severity":"critical"},"annotations":{"summary":"bench alert %d","description":"load test"},' ..
           '"startsAt":"2026-11-26T10:00:00Z","endsAt":"0001-01-01T00:00:00Z",' ..
-          '"generatorURL":"http://prometheus.local/graph"}', tid, n, i, n)
+          '"generatorURL":"http://prometheus.local/graph","fingerprint":"%02x%06x%08x"}', tid, n, i, n, tid, n, i)
       end
       local body = '{"receiver":"bench","status":"firing","alerts":[' .. table.concat(alerts, ",") ..
         '],"groupLabels":{},"commonLabels":{},"commonAnnotations":{},"externalURL":"http://am",' ..
