@@ -26,9 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-
-from prometheus_client import Counter, Histogram
+from dataclasses import dataclass
 
 from bridge.config import DeliveryConfig, RateLimitConfig
 from bridge.destinations import Destination, Outcome, Reason, Verdict
@@ -63,14 +61,11 @@ def backoff_delay(attempt: int, config: DeliveryConfig, rand: Callable[[], float
 
 @dataclass
 class _Lane:
-    """Pacing state of one destination, and its metric series (looked up once, used per event)."""
+    """Pacing state of one destination."""
 
     destination: Destination
     limiter: RateLimiter
     circuit: CircuitBreaker
-    duration: Histogram
-    latency: Histogram
-    attempts: dict[tuple[str, str], Counter] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -122,8 +117,6 @@ class Dispatcher:
                     destination,
                     RateLimiter(limits.per_second, limits.per_minute),
                     CircuitBreaker(circuit.failures, circuit.cooldown, circuit.max_cooldown),
-                    self.metrics.attempt_duration.labels(name),
-                    self.metrics.delivery_latency.labels(name),
                 )
                 self.metrics.init_destination(name)
             else:
@@ -288,12 +281,9 @@ class Dispatcher:
         started = time.perf_counter()
         lane.limiter.stamp(self._clock())
         outcome = await destination.send(event.body)
-        lane.duration.observe(time.perf_counter() - started)
-        series = (outcome.verdict.value, outcome.code)
-        attempts = lane.attempts.get(series)
-        if attempts is None:
-            attempts = lane.attempts[series] = self.metrics.attempts.labels(destination.name, *series)
-        attempts.inc()
+        metrics = self.metrics
+        metrics.child(metrics.attempt_duration, destination.name).observe(time.perf_counter() - started)
+        metrics.child(metrics.attempts, destination.name, outcome.verdict.value, outcome.code).inc()
         self._pace(lane, outcome)
         await self._record(lane, event, outcome)
 
@@ -322,7 +312,8 @@ class Dispatcher:
         destination, attempt = lane.destination.name, event.attempts + 1
         if outcome.verdict is Verdict.OK:
             await self.outbox.delivered(event.id)
-            lane.latency.observe(max(0.0, self._clock() - event.created_at))
+            latency = self.metrics.child(self.metrics.delivery_latency, destination)
+            latency.observe(max(0.0, self._clock() - event.created_at))
             log.info(
                 "delivered %s %s to %s (attempt %d, request_id %s)",
                 event.event_status,
