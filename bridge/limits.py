@@ -20,7 +20,8 @@ LABELS_MAX = 50
 IMAGE_SRC_MAX = 256
 IMAGE_ALT_MAX = 128
 
-LABEL_KEY = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+#: Prometheus label naming; use ``fullmatch`` (``$`` would also accept a trailing newline).
+LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _INVALID_KEY_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 # JSON may carry a lone "\ud83d"; it cannot be encoded as UTF-8, so it becomes U+FFFD.
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -54,10 +55,9 @@ def clean_text(value: str) -> str:
 
 
 def is_label_key(name: str) -> bool:
-    """``LABEL_KEY.match(name)``, without the regex for the usual plain names."""
-    # An ASCII identifier is exactly [a-zA-Z_][a-zA-Z0-9_]*; anything else asks the regex
-    # (whose "$" also accepts one trailing newline: kept, as every key check so far did).
-    return (name.isascii() and name.isidentifier()) or LABEL_KEY.match(name) is not None
+    """``LABEL_KEY.fullmatch(name)``, without the regex for the usual plain names."""
+    # An ASCII identifier is exactly [a-zA-Z_][a-zA-Z0-9_]*; anything else asks the regex.
+    return (name.isascii() and name.isidentifier()) or LABEL_KEY.fullmatch(name) is not None
 
 
 def truncate(value: str, limit: int, marker: str = ELLIPSIS) -> tuple[str, bool]:

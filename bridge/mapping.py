@@ -260,7 +260,7 @@ class Mapper:
                     continue  # an annotation repeating a label with the same value adds nothing
                 key = limits.sanitise_label_key(name)
                 reason = "sanitised" if key != name else "collision"
-                if len(name) > limits.LABEL_KEY_MAX and limits.LABEL_KEY.match(name):
+                if len(name) > limits.LABEL_KEY_MAX and limits.LABEL_KEY.fullmatch(name):
                     self.metrics.truncations.labels("label_key").inc()
                 attempt = 0
                 while key in taken:

@@ -54,14 +54,15 @@ def test_clean_text_keeps_every_other_code_point() -> None:
     "name", ["a", "_", "A_1", "alertname", "1a", "", "a.b", "a-b", "é", "a\n", "a\n\n", "\na", "a ", "ǅ"]
 )
 def test_is_label_key_is_the_label_key_regex(name: str) -> None:
-    """Same answer as LABEL_KEY.match, including the regex's "$" accepting one trailing newline."""
-    assert is_label_key(name) == (LABEL_KEY.match(name) is not None)
+    """Same answer as LABEL_KEY.fullmatch: a trailing newline is not part of a valid key."""
+    assert is_label_key(name) == (LABEL_KEY.fullmatch(name) is not None)
+    assert is_label_key(name) == (name in ("a", "_", "A_1", "alertname"))
 
 
 def test_is_label_key_agrees_with_the_regex_on_every_code_point() -> None:
     for code in range(0x110000):
         for name in (chr(code), f"a{chr(code)}", f"{chr(code)}a"):
-            assert is_label_key(name) == (LABEL_KEY.match(name) is not None), hex(code)
+            assert is_label_key(name) == (LABEL_KEY.fullmatch(name) is not None), hex(code)
 
 
 @pytest.mark.parametrize(
@@ -72,6 +73,7 @@ def test_is_label_key_agrees_with_the_regex_on_every_code_point() -> None:
         ("1st", "_1st"),
         ("", "_"),
         ("ok_key", "ok_key"),
+        ("team\n", "team_"),
         ("x" * 200, "x" * 128),
     ],
 )

@@ -182,13 +182,21 @@ def test_invalid_label_names_are_sanitised_and_collisions_get_a_stable_suffix() 
     assert out["service_name"] == "old"
     assert out["_1st"] == "x"
     assert sorted(out.values()) == sorted(["new", "old", "x", "a", "b"])
-    assert all(limits.LABEL_KEY.match(key) and len(key) <= limits.LABEL_KEY_MAX for key in out)
+    assert all(limits.LABEL_KEY.fullmatch(key) and len(key) <= limits.LABEL_KEY_MAX for key in out)
     again = make()[0].labels(
         firing({"service.name": "new", "service_name": "old", "1st": "x", "名前": "a", "名称": "b"})
     )
     assert again == out  # deterministic
     assert registry.get_sample_value("flashduty_bridge_label_keys_rewritten_total", {"reason": "collision"}) == 2
     assert registry.get_sample_value("flashduty_bridge_label_keys_rewritten_total", {"reason": "sanitised"}) == 2
+
+
+def test_a_label_name_with_a_trailing_newline_is_sanitised_not_passed_through() -> None:
+    """A name like "team\\n" is not a Prometheus label name (a regex ending in "$" let it through)."""
+    mapper, registry = make()
+    out = mapper.labels(firing({"alertname": "X", "team\n": "db"}))
+    assert out == {"alertname": "X", "team_": "db"}
+    assert registry.get_sample_value("flashduty_bridge_label_keys_rewritten_total", {"reason": "sanitised"}) == 1
 
 
 def test_overlong_label_key_is_cut_to_128_and_value_to_2048() -> None:
