@@ -487,7 +487,9 @@ class SqliteOutbox:
 
         try:
             await self._run(checkpoint)
-        except Exception:  # closed meanwhile, or I/O trouble: the next commit will say so
+        except OutboxUnavailable:
+            pass  # closed meanwhile: closing checkpoints the WAL itself
+        except Exception:  # I/O trouble: the next commit will say so too
             log.warning("outbox WAL checkpoint failed", exc_info=True)
         finally:
             self._checkpointing = False
