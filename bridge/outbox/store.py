@@ -173,10 +173,14 @@ class _Write:
     """One caller's work in the next group transaction, and where its result goes."""
 
     work: Callable[[sqlite3.Connection, float], Any] | None  # (connection, the transaction's clock reading)
-    durable: bool
     future: asyncio.Future[Any]
     #: A put (``work`` is None): the events of one request, inserted together with the puts next to it.
     events: Sequence[NewEvent] = ()
+
+    @property
+    def durable(self) -> bool:
+        """Only puts accept events from senders, so only they need their commit fsynced."""
+        return self.work is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,13 +400,13 @@ class SqliteOutbox:
         if not events:
             return []
 
-        stored: list[bool] | None = await self._enqueue(_Write(None, True, self._future(), events))
+        stored: list[bool] | None = await self._enqueue(None, events)
         if stored is None:
             raise OutboxFull(f"outbox holds {self.max_pending} pending events")
         return stored
 
-    async def _write(self, work: Callable[[sqlite3.Connection, float], T], *, durable: bool = False) -> T:
-        """Run ``work`` in the next group transaction; ``durable`` fsyncs that transaction's commit.
+    async def _write(self, work: Callable[[sqlite3.Connection, float], T]) -> T:
+        """Run bookkeeping ``work`` (claims, acks: nothing to fsync) in the next group transaction.
 
         ``work`` gets the connection and the clock, read once per transaction.
 
@@ -410,13 +414,12 @@ class SqliteOutbox:
         each work sees the effects of the works queued before it. A failure rolls back the whole
         transaction and every caller in it hears about it.
         """
-        return await self._enqueue(_Write(work, durable, self._future()))  # type: ignore[no-any-return]
+        return await self._enqueue(work)  # type: ignore[no-any-return]
 
-    @staticmethod
-    def _future() -> asyncio.Future[Any]:
-        return asyncio.get_running_loop().create_future()
-
-    async def _enqueue(self, write: _Write) -> Any:
+    async def _enqueue(
+        self, work: Callable[[sqlite3.Connection, float], Any] | None, events: Sequence[NewEvent] = ()
+    ) -> Any:
+        write = _Write(work, asyncio.get_running_loop().create_future(), events)
         self._queued.append(write)
         if not self._committing:
             self._committing = True
