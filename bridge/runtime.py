@@ -126,7 +126,7 @@ def build(config: Config, metrics: Metrics, http: Transports) -> Runtime:
     for name, key in keys.items():
         settings = config.destinations.get(name)
         url = (settings.url if settings else None) or config.flashduty.url
-        destinations[name] = FlashdutyDestination(name, url, key, http.for_url(url), config.flashduty.timeout)
+        destinations[name] = FlashdutyDestination(name, url, key, http, config.flashduty.timeout)
         rate_limits[name] = (settings.rate_limit if settings else None) or config.flashduty.rate_limit
     return Runtime(config, Router(config), sources(config, metrics), destinations, rate_limits)
 
@@ -166,8 +166,7 @@ def sources(config: Config, metrics: Metrics) -> dict[str, Source]:
 
 def passthrough(config: Config, name: str, key: str, http: Transports) -> FlashdutyDestination:
     """A destination for a key that arrived in a sender's URL."""
-    url = config.flashduty.url
-    return FlashdutyDestination(name, url, key, http.for_url(url), config.flashduty.timeout)
+    return FlashdutyDestination(name, config.flashduty.url, key, http, config.flashduty.timeout)
 
 
 def secrets(keys: dict[str, str]) -> list[str]:

@@ -23,7 +23,7 @@ KEY = "k3y/with+odd=chars&more"
 
 
 def destination(url: str = "http://127.0.0.1:1/event/push/alert/standard") -> FlashdutyDestination:
-    return FlashdutyDestination("default", url, KEY, Transports(connections=4).for_url(url), timeout=2.0)
+    return FlashdutyDestination("default", url, KEY, Transports(connections=4), timeout=2.0)
 
 
 def test_integration_key_is_set_and_other_query_parameters_kept() -> None:
@@ -101,9 +101,7 @@ def test_request_id_and_message_are_kept_and_key_redacted() -> None:
 
 async def test_connection_refused_is_a_retryable_network_error() -> None:
     """Nothing listening on the port: retry, reason network, and no key in the message."""
-    target = destination(f"http://127.0.0.1:{free_port()}/event/push/alert/standard")
-    outcome = await target.send('{"title_rule": "x", "event_status": "Info"}')
-    await target._transport.aclose()
+    outcome = await send_to(f"http://127.0.0.1:{free_port()}/event/push/alert/standard")
     assert (outcome.verdict, outcome.reason) == (Verdict.RETRY, Reason.NETWORK)
     assert KEY not in outcome.message
 
@@ -142,7 +140,7 @@ async def raw_peer(
 
 async def send_to(url: str, timeout: float = 2.0) -> Outcome:
     transports = Transports(connections=2)
-    target = FlashdutyDestination("default", url, KEY, transports.for_url(url), timeout)
+    target = FlashdutyDestination("default", url, KEY, transports, timeout)
     try:
         return await target.send('{"title_rule": "x", "event_status": "Info"}')
     finally:

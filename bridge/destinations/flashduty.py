@@ -150,15 +150,13 @@ def _code_label(code: str) -> str:
 
 
 class FlashdutyDestination:
-    """Sends events to one Flashduty integration through a shared httpx transport."""
+    """Sends events to one Flashduty integration through the shared :class:`Transports`."""
 
-    def __init__(
-        self, name: str, url: str, integration_key: str, transport: httpx.AsyncBaseTransport, timeout: float
-    ) -> None:
+    def __init__(self, name: str, url: str, integration_key: str, transports: Transports, timeout: float) -> None:
         self.name = name
         self._url = httpx.URL(with_integration_key(url, integration_key))
         self._key = integration_key
-        self._transport = transport
+        self._transport = transports.for_url(url)
         self._timeout = timeout
         self._timeouts = httpx.Timeout(timeout).as_dict()  # per socket operation, as the transport reads them
         self._headers = {"Content-Type": "application/json", "User-Agent": f"flashduty-bridge/{__version__}"}
