@@ -27,22 +27,17 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 
-from tests.support.procs import LOOPBACK, Proc, start_on_free_port
+from tests.support.procs import LOOPBACK, LoopbackServer
 
 RECEIVER = "bridge"
 """Name of the single receiver (and the route's receiver) in the generated config."""
-
-# free_port() only proves the port was free a moment ago; another process may
-# take it before Alertmanager binds. Retrying with a fresh port is cheap.
-_START_ATTEMPTS = 3
 
 
 def alertmanager_binary() -> str | None:
@@ -63,8 +58,10 @@ def _parse_rfc3339(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-class Alertmanager:
+class Alertmanager(LoopbackServer):
     """A real Alertmanager on loopback whose only receiver is a webhook."""
+
+    name = "Alertmanager"
 
     def __init__(
         self,
@@ -77,6 +74,7 @@ class Alertmanager:
         group_by: Sequence[str] = ("alertname",),
         bearer_token: str | None = None,
     ) -> None:
+        super().__init__()
         self.workdir = Path(workdir)
         self.webhook_url = webhook_url
         self.group_wait = group_wait
@@ -87,8 +85,6 @@ class Alertmanager:
         self.config_path = self.workdir / "alertmanager.yml"
         self.storage_path = self.workdir / "alertmanager-data"
         self.log_path = self.workdir / "alertmanager.log"
-        self.port: int | None = None
-        self._proc: Proc | None = None
 
     # -- configuration -----------------------------------------------------
 
@@ -144,51 +140,14 @@ class Alertmanager:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Write the config, start Alertmanager and wait until ``/-/ready`` answers 200."""
-        if self._proc is not None:
-            raise RuntimeError("Alertmanager already started")
+    def _prepare(self) -> Callable[[int], list[str]]:
+        """Find the binary and write the config; the argv for a port."""
         binary = alertmanager_binary()
         if binary is None:
             raise RuntimeError("Alertmanager binary not found (prometheus-alertmanager or alertmanager)")
         self.write_config()
         self.storage_path.mkdir(parents=True, exist_ok=True)
-        self._proc, self.port = start_on_free_port(
-            lambda port: self.argv(binary, port), self.log_path, "/-/ready", attempts=_START_ATTEMPTS, timeout=timeout
-        )
-
-    def stop(self) -> None:
-        """Stop the process (SIGTERM, then SIGKILL); safe to call more than once."""
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-
-    def __enter__(self) -> Alertmanager:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """Base URL, ``http://127.0.0.1:<port>``."""
-        if self.port is None:
-            raise RuntimeError("Alertmanager not started")
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def output(self) -> str:
-        """Everything Alertmanager logged so far (also readable after stop())."""
-        if self._proc is not None:
-            return self._proc.output()
-        if self.log_path.exists():
-            return self.log_path.read_text(errors="replace")
-        return ""
+        return lambda port: self.argv(binary, port)
 
     # -- alerts --------------------------------------------------------------
 

@@ -15,6 +15,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 import httpx
 
@@ -119,3 +121,61 @@ def start_on_free_port(
             proc.stop()
             raise
     raise AssertionError("unreachable")
+
+
+class LoopbackServer:
+    """A server binary on a free loopback port, ready once ``/-/ready`` answers: start, stop, URL, log.
+
+    Subclasses set ``name`` and ``log_path`` and implement :meth:`_prepare`, which finds the
+    binary, writes what it needs and returns its argv for a given port.
+    """
+
+    name = "server"
+    log_path: Path
+    #: free_port() only proves the port was free a moment ago; another process may take it
+    #: before the server binds. Retrying with a fresh port is cheap.
+    start_attempts = 3
+
+    def __init__(self) -> None:
+        self.port: int | None = None
+        self._proc: Proc | None = None
+
+    def _prepare(self) -> Callable[[int], list[str]]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Prepare, start the server and wait until ``/-/ready`` answers 200."""
+        if self._proc is not None:
+            raise RuntimeError(f"{self.name} already started")
+        argv_for = self._prepare()
+        self._proc, self.port = start_on_free_port(
+            argv_for, self.log_path, "/-/ready", attempts=self.start_attempts, timeout=timeout
+        )
+
+    def stop(self) -> None:
+        """Stop the process (SIGTERM, then SIGKILL); safe to call more than once."""
+        if self._proc is not None:
+            self._proc.stop()
+            self._proc = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """Base URL, ``http://127.0.0.1:<port>``."""
+        if self.port is None:
+            raise RuntimeError(f"{self.name} not started")
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def output(self) -> str:
+        """Everything the server logged so far (also readable after stop())."""
+        if self._proc is not None:
+            return self._proc.output()
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -22,24 +22,23 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 
-from tests.support.procs import LOOPBACK, Proc, start_on_free_port
-
-_START_ATTEMPTS = 3
+from tests.support.procs import LOOPBACK, LoopbackServer
 
 
 def prometheus_binary() -> str | None:
     return shutil.which("prometheus")
 
 
-class Prometheus:
+class Prometheus(LoopbackServer):
     """A real Prometheus on loopback with short scrape and evaluation intervals."""
+
+    name = "Prometheus"
 
     def __init__(
         self,
@@ -52,6 +51,7 @@ class Prometheus:
         resend_delay: str = "2s",
     ) -> None:
         """``scrape_targets`` maps a job name to one HOST:PORT; ``alertmanager`` is HOST:PORT."""
+        super().__init__()
         self.workdir = Path(workdir)
         self.rule_files = [Path(p) for p in rule_files]
         self.scrape_targets = dict(scrape_targets or {})
@@ -61,8 +61,6 @@ class Prometheus:
         self.config_path = self.workdir / "prometheus.yml"
         self.storage_path = self.workdir / "prometheus-data"
         self.log_path = self.workdir / "prometheus.log"
-        self.port: int | None = None
-        self._proc: Proc | None = None
 
     def config(self) -> dict[str, Any]:
         config: dict[str, Any] = {
@@ -92,43 +90,14 @@ class Prometheus:
             "--log.level=info",
         ]
 
-    def start(self, timeout: float = 30.0) -> None:
-        if self._proc is not None:
-            raise RuntimeError("Prometheus already started")
+    def _prepare(self) -> Callable[[int], list[str]]:
         binary = prometheus_binary()
         if binary is None:
             raise RuntimeError("Prometheus binary not found (apt-get install prometheus)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         # JSON is YAML: quoting is handled for us.
         self.config_path.write_text(json.dumps(self.config(), indent=2) + "\n")
-        self._proc, self.port = start_on_free_port(
-            lambda port: self.argv(binary, port), self.log_path, "/-/ready", attempts=_START_ATTEMPTS, timeout=timeout
-        )
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-
-    def __enter__(self) -> Prometheus:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self.port is None:
-            raise RuntimeError("Prometheus not started")
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def output(self) -> str:
-        if self._proc is not None:
-            return self._proc.output()
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return lambda port: self.argv(binary, port)
 
     def _get(self, path: str, **params: str) -> Any:
         response = httpx.get(f"{self.url}{path}", params=params, timeout=10.0, trust_env=False)
