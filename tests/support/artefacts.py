@@ -16,8 +16,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 DEPLOY = ROOT / "deploy"
-PROMETHEUS_RULE = DEPLOY / "components" / "prometheus-operator" / "prometheusrule.yaml"
-DASHBOARD = DEPLOY / "components" / "grafana-dashboard" / "flashduty-bridge.json"
+CHART = DEPLOY / "helm" / "flashduty-bridge"
+#: The one source of the bridge's alert rules: a plain Prometheus rule file, which the
+#: chart's PrometheusRule embeds as its spec.
+RULES = CHART / "files" / "flashduty-bridge-rules.yaml"
+DASHBOARD = CHART / "files" / "flashduty-bridge.json"
 RULE_TESTS = ROOT / "tests" / "fixtures" / "prometheus" / "bridge-rules.test.yml"
 
 #: Grafana's variables, replaced by values any Prometheus accepts so the queries can be
@@ -32,9 +35,9 @@ GRAFANA_VARIABLES = {
 
 
 def rule_groups(*, annotations: bool = True) -> list[dict[str, Any]]:
-    """The PrometheusRule's ``spec.groups``: exactly a Prometheus rule file's ``groups``."""
-    document = yaml.safe_load(PROMETHEUS_RULE.read_text())
-    groups: list[dict[str, Any]] = document["spec"]["groups"]
+    """The rule file's ``groups`` (also the chart's PrometheusRule ``spec.groups``)."""
+    document = yaml.safe_load(RULES.read_text())
+    groups: list[dict[str, Any]] = document["groups"]
     if not annotations:
         for group in groups:
             for rule in group["rules"]:
