@@ -654,3 +654,62 @@ def test_dashboard_config_map_is_the_dashboard_file_for_the_sidecar(rendered: di
     assert dashboard["metadata"]["namespace"] == "grafana"
     assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Flashduty"}
     assert json.loads(dashboard["data"]["flashduty-bridge.json"]) == artefacts.dashboard()
+
+
+# -- where senders point ---------------------------------------------------------------
+
+
+def service_url(objects: list[dict[str, Any]], path: str) -> str:
+    service = one(objects, "Service")
+    port = service["spec"]["ports"][0]["port"]
+    return f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:{port}{path}"
+
+
+def bridge_urls(snippet: Path) -> list[str]:
+    config = yaml.safe_load(snippet.read_text())
+    return [
+        webhook["url"]
+        for receiver in config["receivers"]
+        for webhook in receiver.get("webhook_configs", [])
+        if webhook["url"].endswith("/alertmanager")
+    ]
+
+
+def test_alertmanager_snippets_point_at_the_release_service(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    snippets = sorted((ROOT / "config" / "alertmanager").glob("*.yml"))
+    assert snippets
+    for case in ("default", "postgresql"):  # one Service, one URL, whatever the mode
+        url = service_url(rendered[case], "/alertmanager")
+        for snippet in snippets:
+            assert bridge_urls(snippet) == [url], snippet.name
+
+
+def notes(tools: helm.Tools, home: Path, *args: str) -> str:
+    """The NOTES helm prints after an install (a client-side dry run: no cluster)."""
+    done = helm.run(
+        [tools.helm, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client", *args], home
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split("\nNOTES:\n", 1)[1]
+
+
+@pytest.mark.parametrize("case", ["default", "sqlite", "postgresql"])
+def test_notes_say_where_to_point_alertmanager_and_grafana(
+    tools: helm.Tools, home: Path, rendered: dict[str, list[dict[str, Any]]], case: str
+) -> None:
+    text = notes(tools, home, *CASES[case])
+    objects = rendered[case]
+    # The Alertmanager receiver in the notes is the amtool-checked one, for this release.
+    block = re.search(r"\n(  receivers:\n(?:    .*\n)+)", text)
+    assert block is not None, text
+    (receiver,) = yaml.safe_load(block.group(1))["receivers"]
+    shipped = yaml.safe_load((ROOT / "config" / "alertmanager" / "receiver.yml").read_text())
+    (expected,) = [r for r in shipped["receivers"] if r["name"] == shipped["route"]["receiver"]]
+    assert receiver == expected
+    assert receiver["webhook_configs"][0]["url"] == service_url(objects, "/alertmanager")
+    assert f"\n  {service_url(objects, '/grafana')}\n" in text
+    kind = workload(objects)["kind"].lower()
+    assert f"rollout status {kind}/{workload(objects)['metadata']['name']}" in text
+    assert ("DRY RUN" in text) == (case == "default")
+    if kind == "deployment":
+        assert f"a Deployment of {REPLICAS[case]} pods" in text
