@@ -176,8 +176,9 @@ class Reader:
         (directory / "kustomization.yaml").write_text(self.files["kustomization.yaml"])
         # chartHome points into "a checkout (or a vendored copy)": a copy of this chart there
         # (kustomize refuses files outside the kustomization's directory, symlinks resolved).
-        home = directory / kustomization["helmGlobals"]["chartHome"]
-        shutil.copytree(CHART, home / CHART.name)
+        checkout, *inside = Path(kustomization["helmGlobals"]["chartHome"]).parts
+        assert Path(*inside) == CHART.parent.relative_to(ROOT), "chartHome: the chart's folder in the checkout"
+        shutil.copytree(CHART, directory / checkout / Path(*inside) / CHART.name)
         # kubectl 1.34 bundles kustomize 5.7.1, which asks `helm version -c --short` (a flag helm 4
         # dropped) and accepts only a "v3" answer (kustomize#6013; kustomize 5.8.1, which the
         # README asks for, runs helm 4). The shim answers that one question as helm 3 would;
