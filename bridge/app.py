@@ -29,13 +29,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge import __version__, admin, logs
+from bridge import __version__, admin, contract, logs
 from bridge import runtime as runtime_module
 from bridge.auth import Unauthorized
 from bridge.config import DEFAULT_DESTINATION, Config, ConfigError
 from bridge.config import load as load_config
 from bridge.destinations.flashduty import DryRunDestination, Transports
-from bridge.emulate import STATUS_BY_CODE
 from bridge.metrics import Metrics
 from bridge.outbox import OutboxUnavailable, SqliteOutbox
 from bridge.outbox.dispatcher import Dispatcher
@@ -175,7 +174,7 @@ async def receive(request: Request, name: str) -> Response:
         metrics.requests.labels(name, "invalid").inc()
         log.info("rejected %s request %s: %s", name, request_id, exc)
         code = exc.code if isinstance(exc, Rejection) else "InvalidParameter"
-        return envelope(STATUS_BY_CODE.get(code, 400), request_id, code=code, message=str(exc))
+        return envelope(contract.STATUS_BY_CODE.get(code, 400), request_id, code=code, message=str(exc))
     except Skipped as skip:
         metrics.requests.labels(name, "not_forwarded").inc()
         metrics.not_forwarded.labels(name, skip.reason).inc()

@@ -1,9 +1,9 @@
 """A strict, local Flashduty Standard Alert API receiver for tests and offline trials.
 
-Written from the published contract (``POST /event/push/alert/standard?integration_key=...``, see
-``/work/shared/spec/flashduty-standard-alert-api.txt``) plus the research notes on ``images``,
-``event_time`` and the per-integration rate limit (100/s and 1000/min). It listens on loopback only
-by default and never makes outbound connections.
+The contract itself (codes, limits, request checks, body decoding, event validation, key
+generation) is :mod:`bridge.contract`, which the bridge uses too; this module adds the receiver
+around it: the per-integration rate limit (100/s and 1000/min), stored events, scripted faults.
+It listens on loopback only by default and never makes outbound connections.
 
 Its purpose is to *catch* a client that breaks the contract, so it is stricter than the real service:
 
@@ -30,12 +30,8 @@ import argparse
 import asyncio
 import hashlib
 import ipaddress
-import json
 import logging
 import math
-import re
-import secrets
-import string
 import time
 import uuid
 from collections import deque
@@ -49,29 +45,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bridge import contract
+from bridge.contract import Rejection
+
 logger = logging.getLogger("bridge.emulate")
 
-PUSH_PATH = "/event/push/alert/standard"
-STATUS_BY_CODE = {
-    "InvalidParameter": 400,
-    "InvalidContentType": 400,
-    "MethodNotAllowed": 400,
-    "Unauthorized": 401,
-    "AccessDenied": 403,
-    "RequestTooFrequently": 429,
-    "RouteNotFound": 404,
-    "ResourceNotFound": 400,
-    "NoLicense": 400,
-    "InternalError": 500,
-}
-EVENT_STATUSES = ("Critical", "Warning", "Info", "Ok")
-FIELDS = frozenset({"title_rule", "event_status", "alert_key", "description", "labels", "images", "event_time"})
-IMAGE_FIELDS = frozenset({"alt", "src", "href"})
-LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-TITLE_MAX, DESCRIPTION_MAX, LABEL_VALUE_MAX, LABEL_KEY_MAX, LABELS_MAX, ALERT_KEY_MAX = 512, 2048, 2048, 128, 50, 255
-IMAGE_ALT_MAX, IMAGE_SRC_MAX, IMAGE_HREF_MAX = 128, 256, 256
-EVENT_TIME_MAX = 10_000_000_000  # larger values are almost certainly milliseconds
-ALERT_KEY_ALPHABET = string.ascii_letters + string.digits
+PUSH_PATH = contract.PUSH_PATH
+STATUS_BY_CODE = contract.STATUS_BY_CODE
 
 
 @dataclass(frozen=True)
@@ -124,177 +104,8 @@ class FaultScript(BaseModel):
     outage: Outage | None = None
 
 
-class _Reject(Exception):
-    def __init__(self, code: str, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.retry_after = code, message, retry_after
-
-
-#: Public name for the contract's rejection (code and message), reused by the bridge's own
-#: standard-API endpoint so both answer exactly alike.
-Rejection = _Reject
-
-
-def _bad(message: str) -> _Reject:
-    return _Reject("InvalidParameter", message)
-
-
-def _jtype(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
 def _mask(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:8] if key else "-"
-
-
-def _new_alert_key() -> str:
-    return "".join(secrets.choice(ALERT_KEY_ALPHABET) for _ in range(22))
-
-
-def _string(fields: dict[str, Any], name: str, *, required: bool = False, where: str = "") -> str | None:
-    if name not in fields:
-        if required:
-            raise _bad(f"{where}{name}: required")
-        return None
-    value = fields[name]
-    if not isinstance(value, str):
-        raise _bad(f"{where}{name}: must be a string, got {_jtype(value)}")
-    return value
-
-
-def _limit(name: str, value: str, limit: int, strict: bool) -> str:
-    """Enforce a length limit in code points: reject when strict, truncate like Flashduty otherwise."""
-    if len(value) <= limit:
-        return value
-    if strict:
-        raise _bad(f"{name}: {len(value)} characters, limit is {limit}")
-    return value[:limit]
-
-
-def parse_body(raw: bytes, strict: bool) -> dict[str, Any]:
-    """Decode a push body as the contract requires (a JSON object), raising :data:`Rejection`."""
-    return _parse_body(raw, strict)
-
-
-def _parse_body(raw: bytes, strict: bool) -> dict[str, Any]:
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj: dict[str, Any] = {}
-        for key, value in items:
-            if strict and key in obj:
-                raise ValueError(f'duplicate key "{key}"')
-            obj[key] = value
-        return obj
-
-    def constant(name: str) -> None:
-        raise ValueError(f"{name} is not valid JSON")
-
-    if not raw.strip():
-        raise _bad("body: empty, expected a JSON object")
-    try:
-        body = json.loads(raw.decode("utf-8"), object_pairs_hook=pairs, parse_constant=constant)
-    except UnicodeDecodeError as exc:
-        raise _bad(f"body: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except ValueError as exc:
-        raise _bad(f"body: invalid JSON: {exc}") from None
-    except RecursionError:
-        raise _bad("body: invalid JSON: nested too deeply") from None
-    if not isinstance(body, dict):
-        raise _bad(f"body: must be a JSON object, got {_jtype(body)}")
-    return body
-
-
-def _validate_images(value: object, strict: bool) -> list[dict[str, str]]:
-    if not isinstance(value, list):
-        raise _bad(f"images: must be an array, got {_jtype(value)}")
-    images: list[dict[str, str]] = []
-    for i, item in enumerate(value):
-        where = f"images[{i}]"
-        if not isinstance(item, dict):
-            raise _bad(f"{where}: must be an object, got {_jtype(item)}")
-        if strict and (unknown := sorted(set(item) - IMAGE_FIELDS)):
-            raise _bad(f'{where}: unknown field "{unknown[0]}" (allowed: alt, href, src)')
-        item = {k: v for k, v in item.items() if k in IMAGE_FIELDS and (strict or v is not None)}
-        src = _string(item, "src", required=True, where=f"{where}.")
-        assert src is not None
-        if len(src) > IMAGE_SRC_MAX:
-            if strict:
-                raise _bad(f"{where}.src: {len(src)} characters, limit is {IMAGE_SRC_MAX} (Flashduty drops the image)")
-            continue
-        image = {"src": src}
-        for name, limit in (("alt", IMAGE_ALT_MAX), ("href", IMAGE_HREF_MAX)):
-            text = _string(item, name, where=f"{where}.")
-            if text is not None:
-                image[name] = _limit(f"{where}.{name}", text, limit, strict)
-        images.append(image)
-    return images
-
-
-def _validate_labels(value: object, strict: bool) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise _bad(f"labels: must be an object, got {_jtype(value)}")
-    if len(value) > LABELS_MAX:
-        raise _bad(f"labels: {len(value)} labels, limit is {LABELS_MAX}")
-    labels: dict[str, str] = {}
-    for key, text in value.items():
-        if not LABEL_KEY.fullmatch(key):
-            raise _bad(f'labels: key "{key}" does not match [a-zA-Z_][a-zA-Z0-9_]*')
-        if len(key) > LABEL_KEY_MAX:
-            raise _bad(f'labels: key "{key[:20]}…" is {len(key)} characters, limit is {LABEL_KEY_MAX}')
-        if not isinstance(text, str):
-            raise _bad(f"labels.{key}: value must be a string, got {_jtype(text)}")
-        labels[key] = _limit(f"labels.{key}", text, LABEL_VALUE_MAX, strict)
-    return labels
-
-
-def validate_event(body: dict[str, Any], strict: bool) -> tuple[dict[str, Any], str | None]:
-    """Check one event against the contract; return the event as kept and the alert_key if given."""
-    if strict and (unknown := sorted(set(body) - FIELDS)):
-        raise _bad(f'unknown field "{unknown[0]}" (strict mode; allowed: {", ".join(sorted(FIELDS))})')
-    fields = {k: v for k, v in body.items() if k in FIELDS and (strict or v is not None)}
-    title = _string(fields, "title_rule", required=True)
-    assert title is not None
-    if not title.strip():
-        raise _bad("title_rule: must not be empty")
-    status = _string(fields, "event_status", required=True)
-    if status not in EVENT_STATUSES:
-        raise _bad(f'event_status: "{status}" is not one of {", ".join(EVENT_STATUSES)} (case-sensitive)')
-    event: dict[str, Any] = {"title_rule": _limit("title_rule", title, TITLE_MAX, strict), "event_status": status}
-    alert_key = _string(fields, "alert_key")
-    if alert_key is not None and len(alert_key) > ALERT_KEY_MAX:
-        raise _bad(f"alert_key: {len(alert_key)} characters, limit is {ALERT_KEY_MAX}")
-    if not alert_key:
-        if status == "Ok":
-            raise _bad("alert_key: required when event_status is Ok")
-        if strict and alert_key == "":
-            raise _bad("alert_key: must not be empty (omit it to get a generated one)")
-        alert_key = None
-    description = _string(fields, "description")
-    if description is not None:
-        event["description"] = _limit("description", description, DESCRIPTION_MAX, strict)
-    if "labels" in fields:
-        event["labels"] = _validate_labels(fields["labels"], strict)
-    if "images" in fields:
-        event["images"] = _validate_images(fields["images"], strict)
-    if "event_time" in fields:
-        ts = fields["event_time"]
-        if isinstance(ts, bool) or not isinstance(ts, int):
-            raise _bad(f"event_time: must be an integer of Unix seconds, got {_jtype(ts)}")
-        if ts < 0:
-            raise _bad(f"event_time: {ts} is negative")
-        if ts > EVENT_TIME_MAX:
-            raise _bad(f"event_time: {ts} looks like milliseconds, send Unix seconds")
-        event["event_time"] = ts
-    return event, alert_key
 
 
 @dataclass
@@ -378,35 +189,25 @@ def create_app(
         if state.outage is not None and clock() < state.outage_until:
             return await fault(request_id, key, state.outage)
         try:
-            if request.method != "POST":
-                raise _Reject("MethodNotAllowed", f"method {request.method} is not allowed on {PUSH_PATH}, use POST")
-            if len(keys) > 1:
-                raise _bad(f"integration_key: given {len(keys)} times, expected once")
-            if not key or (settings.valid_keys is not None and key not in settings.valid_keys):
-                raise _bad("integration_key is not a valid one")
+            contract.check_method(request.method)
+            contract.check_integration_keys(keys)
+            if settings.valid_keys is not None and key not in settings.valid_keys:
+                raise contract.wrong_key()
             if (wait := state.admit(key, clock())) is not None:
-                raise _Reject(
+                raise Rejection(
                     "RequestTooFrequently",
                     f"rate limit of {settings.per_second}/s and {settings.per_minute}/min per integration exceeded",
                     retry_after=wait,
                 )
-            content_type = request.headers.get("content-type", "")
-            media, *params = (part.strip().lower() for part in content_type.split(";"))
-            if media != "application/json":
-                raise _Reject(
-                    "InvalidContentType", f'Content-Type "{content_type}" is not supported, use application/json'
-                )
-            charset = next((p.split("=", 1)[1].strip('"') for p in params if p.startswith("charset=")), "utf-8")
-            if charset not in ("utf-8", "utf8"):
-                raise _Reject("InvalidContentType", f'charset "{charset}" is not supported, JSON must be UTF-8')
-            body = _parse_body(await request.body(), settings.strict)
-            event, alert_key = validate_event(body, settings.strict)
-        except _Reject as exc:
-            status = STATUS_BY_CODE[exc.code]
+            contract.check_content_type(request.headers.get("content-type", ""))
+            body = contract.parse_body(await request.body(), settings.strict)
+            event, alert_key = contract.validate_event(body, settings.strict)
+        except Rejection as exc:
+            status = exc.status
             state.record(key, status, exc.code, exc.message, None)
             logger.info("push %s %s key=%s request_id=%s: %s", status, exc.code, _mask(key), request_id, exc.message)
             return _envelope(request_id, status, exc.code, exc.message, exc.retry_after)
-        alert_key = alert_key if alert_key is not None else _new_alert_key()
+        alert_key = alert_key if alert_key is not None else contract.new_alert_key()
         entry = dict(integration_key=key, alert_key=alert_key, body=body, effective=event, received_at=time.time())
         state.events.append({"seq": len(state.events) + 1, **entry})
         state.record(key, 200, None, None, alert_key)

@@ -1,4 +1,4 @@
-"""Flashduty's documented limits, and text helpers that enforce them.
+"""Text helpers that enforce Flashduty's limits (the limits themselves are :mod:`bridge.contract`'s).
 
 Limits count characters (Unicode code points, as Flashduty's Go service counts
 runes), never bytes. Truncation never splits a code point, and it backs off so it
@@ -11,20 +11,13 @@ from __future__ import annotations
 import re
 import unicodedata
 
-TITLE_MAX = 512
-DESCRIPTION_MAX = 2048
-ALERT_KEY_MAX = 255
-LABEL_KEY_MAX = 128
-LABEL_VALUE_MAX = 2048
-LABELS_MAX = 50
-IMAGE_SRC_MAX = 256
-IMAGE_ALT_MAX = 128
+from bridge import contract
+from bridge.contract import LABEL_KEY, clean_text, is_label_key
 
-#: Prometheus label naming; use ``fullmatch`` (``$`` would also accept a trailing newline).
-LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+__all__ = ["ELLIPSIS", "LABEL_KEY", "clean_text", "is_label_key", "sanitise_label_key", "truncate"]
+
+# Linear: a single character class, substituted in one pass.
 _INVALID_KEY_CHARS = re.compile(r"[^a-zA-Z0-9_]")
-# JSON may carry a lone "\ud83d"; it cannot be encoded as UTF-8, so it becomes U+FFFD.
-_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 ELLIPSIS = "…"
 
 _ZWJ = "\u200d"
@@ -45,19 +38,6 @@ def _joins_previous(char: str) -> bool:
 
 def _is_regional_indicator(char: str) -> bool:
     return 0x1F1E6 <= ord(char) <= 0x1F1FF
-
-
-def clean_text(value: str) -> str:
-    """Replace lone surrogates (which would break UTF-8 encoding) with U+FFFD."""
-    if value.isascii():  # most text; a surrogate is never ASCII
-        return value
-    return _LONE_SURROGATE.sub("\ufffd", value)
-
-
-def is_label_key(name: str) -> bool:
-    """``LABEL_KEY.fullmatch(name)``, without the regex for the usual plain names."""
-    # An ASCII identifier is exactly [a-zA-Z_][a-zA-Z0-9_]*; anything else asks the regex.
-    return (name.isascii() and name.isidentifier()) or LABEL_KEY.fullmatch(name) is not None
 
 
 def truncate(value: str, limit: int, marker: str = ELLIPSIS) -> tuple[str, bool]:
@@ -89,4 +69,4 @@ def sanitise_label_key(key: str) -> str:
     out = _INVALID_KEY_CHARS.sub("_", key) or "_"
     if out[0].isdigit():
         out = "_" + out
-    return out[:LABEL_KEY_MAX]
+    return out[: contract.LABEL_KEY_MAX]

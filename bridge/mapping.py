@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from bridge import limits
+from bridge import contract, limits
 from bridge.config import LabelRules, SourceMapping
 from bridge.metrics import Metrics
 from bridge.models import Alert, Event, EventStatus
@@ -47,7 +47,7 @@ def _one_line(text: str) -> str:
 
 def _suffixed(key: str, original: str, attempt: int) -> str:
     digest = hashlib.sha256(f"{original}\x00{attempt}".encode(errors="surrogatepass")).hexdigest()[:8]
-    return f"{key[: limits.LABEL_KEY_MAX - 9]}_{digest}"
+    return f"{key[: contract.LABEL_KEY_MAX - 9]}_{digest}"
 
 
 def _matches_any(patterns: Sequence[str], name: str) -> bool:
@@ -128,12 +128,12 @@ class Mapper:
     def alert_key(self, alert: Alert) -> str:
         if alert.alert_key is not None:
             key = limits.clean_text(alert.alert_key)
-            if len(key) <= limits.ALERT_KEY_MAX:
+            if len(key) <= contract.ALERT_KEY_MAX:
                 return key
             self.metrics.truncations.labels("alert_key").inc()
             return "sha256:" + hashlib.sha256(key.encode(errors="surrogatepass")).hexdigest()
         key = f"{self.config.key_prefix}:{limits.clean_text(alert.fingerprint)}"
-        if len(key) > limits.ALERT_KEY_MAX:
+        if len(key) > contract.ALERT_KEY_MAX:
             # Hash rather than cut, so two long fingerprints never share a key.
             self.metrics.truncations.labels("alert_key").inc()
             digest = hashlib.sha256(alert.fingerprint.encode(errors="surrogatepass")).hexdigest()
@@ -172,7 +172,7 @@ class Mapper:
         if not self.config.allow_tpl_titles and title.upper().startswith(_TPL):
             # "[TPL]" turns on Flashduty-side templating of the title; alert text must stay literal.
             title = "(TPL)" + title[len(_TPL) :]
-        return self._limit("title_rule", title, limits.TITLE_MAX)
+        return self._limit("title_rule", title, contract.TITLE_MAX)
 
     def description(self, alert: Alert) -> str:
         text = ""
@@ -197,7 +197,7 @@ class Mapper:
         link_block, links_cut = limits.truncate(limits.clean_text("\n".join(links)), _LINKS_MAX)
         text = limits.clean_text(text)
         separator = "\n\n" if text and link_block else ""
-        room = limits.DESCRIPTION_MAX - len(link_block) - len(separator)
+        room = contract.DESCRIPTION_MAX - len(link_block) - len(separator)
         text, text_cut = limits.truncate(text, room)
         if links_cut or text_cut:
             self.metrics.truncations.labels("description").inc()
@@ -207,11 +207,11 @@ class Mapper:
         """Screenshots as Flashduty images: a src over 256 characters would be dropped by Flashduty, so it is here."""
         images = []
         for index, url in enumerate(alert.images):
-            if len(url) > limits.IMAGE_SRC_MAX:
+            if len(url) > contract.IMAGE_SRC_MAX:
                 self.metrics.truncations.labels("images").inc()
                 continue
             alt, _ = limits.truncate(
-                f"{alert.rule_name or alert.labels.get('alertname', 'alert')} #{index + 1}", limits.IMAGE_ALT_MAX
+                f"{alert.rule_name or alert.labels.get('alertname', 'alert')} #{index + 1}", contract.IMAGE_ALT_MAX
             )
             images.append({"alt": alt, "src": url, "href": url})
         return tuple(images)
@@ -246,7 +246,7 @@ class Mapper:
         keys: list[str | None] = []
         taken: set[str] = set()
         for name, _value in candidates:
-            if len(name) <= limits.LABEL_KEY_MAX and name not in taken and limits.is_label_key(name):
+            if len(name) <= contract.LABEL_KEY_MAX and name not in taken and limits.is_label_key(name):
                 keys.append(name)
                 taken.add(name)
             else:
@@ -260,7 +260,7 @@ class Mapper:
                     continue  # an annotation repeating a label with the same value adds nothing
                 key = limits.sanitise_label_key(name)
                 reason = "sanitised" if key != name else "collision"
-                if len(name) > limits.LABEL_KEY_MAX and limits.LABEL_KEY.fullmatch(name):
+                if len(name) > contract.LABEL_KEY_MAX and limits.LABEL_KEY.fullmatch(name):
                     self.metrics.truncations.labels("label_key").inc()
                 attempt = 0
                 while key in taken:
@@ -276,13 +276,13 @@ class Mapper:
         for slot, (_, value) in zip(keys, candidates, strict=True):
             if slot is None:
                 continue
-            if len(out) >= limits.LABELS_MAX:
+            if len(out) >= contract.LABELS_MAX:
                 dropped += 1
                 continue
             value = limits.clean_text(value)
             out[slot] = (
-                self._limit("label_value", value, limits.LABEL_VALUE_MAX)
-                if len(value) > limits.LABEL_VALUE_MAX
+                self._limit("label_value", value, contract.LABEL_VALUE_MAX)
+                if len(value) > contract.LABEL_VALUE_MAX
                 else value
             )
         if dropped:

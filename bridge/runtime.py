@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge import contract
 from bridge.auth import AuthConfig
 from bridge.config import DEFAULT_DESTINATION, Config, ConfigError, RateLimitConfig, SourceMapping
 from bridge.destinations import Destination
@@ -154,7 +155,7 @@ def sources(config: Config, metrics: Metrics) -> dict[str, Source]:
             config.standard_auth,
             Mapper(SourceMapping(key_prefix=standard.SOURCE, allow_tpl_titles=True), metrics),
             # Decoded as Flashduty decodes it, so the bridge answers with Flashduty's own errors.
-            lambda raw: standard.parse_body(raw, strict=False),
+            lambda raw: contract.parse_body(raw, strict=False),
         ),
     }
     for name, settings in config.sources.items():

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bridge import limits, mapping
+from bridge import contract, limits, mapping
 from bridge.config import AlertmanagerConfig
 from bridge.mapping import Mapper
 from bridge.metrics import Metrics
@@ -89,7 +89,7 @@ def test_overlong_fingerprint_is_hashed_not_cut_so_keys_stay_distinct() -> None:
     two = Alert(**{**{f: getattr(base, f) for f in base.__slots__}, "fingerprint": "f" * 299 + "2"})  # type: ignore[arg-type]
     key_one, key_two = mapper.alert_key(one), mapper.alert_key(two)
     assert key_one != key_two
-    assert len(key_one) <= limits.ALERT_KEY_MAX and len(key_two) <= limits.ALERT_KEY_MAX
+    assert len(key_one) <= contract.ALERT_KEY_MAX and len(key_two) <= contract.ALERT_KEY_MAX
     assert registry.get_sample_value("flashduty_bridge_truncations_total", {"field": "alert_key"}) == 2
 
 
@@ -132,9 +132,9 @@ def test_title_is_cut_to_512_code_points_and_counted() -> None:
     """A 600-character CJK summary is cut to 512 characters (not bytes) with an ellipsis."""
     mapper, registry = make()
     title = mapper.title(firing({}, {"summary": "告" * 600}))
-    assert len(title) == limits.TITLE_MAX
+    assert len(title) == contract.TITLE_MAX
     assert title.endswith("…")
-    assert len(title.encode()) > limits.TITLE_MAX  # bytes would have cut far earlier
+    assert len(title.encode()) > contract.TITLE_MAX  # bytes would have cut far earlier
     assert registry.get_sample_value("flashduty_bridge_truncations_total", {"field": "title_rule"}) == 1
 
 
@@ -152,7 +152,7 @@ def test_description_keeps_runbook_and_source_links_when_the_text_is_cut() -> No
     mapper, registry = make()
     alert = firing({}, {"description": "🔥" * 5000, "runbook_url": "https://rb/1"}, generator_url="http://prom/g")
     text = mapper.description(alert)
-    assert len(text) == limits.DESCRIPTION_MAX
+    assert len(text) == contract.DESCRIPTION_MAX
     assert text.endswith("…\n\nRunbook: https://rb/1\nSource: http://prom/g")
     assert registry.get_sample_value("flashduty_bridge_truncations_total", {"field": "description"}) == 1
 
@@ -169,7 +169,7 @@ def test_fifty_label_cap_keeps_identity_labels_and_counts_the_dropped() -> None:
     mapper, registry = make()
     labels = {f"a{i:02d}": "v" for i in range(66)} | {"alertname": "X", "severity": "info", "instance": "i", "job": "j"}
     out = mapper.labels(firing(labels, {"summary": "s"}))
-    assert len(out) == limits.LABELS_MAX
+    assert len(out) == contract.LABELS_MAX
     assert {"alertname", "severity", "instance", "job"} <= set(out)
     assert "summary" not in out  # annotations rank below every alert label
     assert registry.get_sample_value("flashduty_bridge_labels_dropped_total", {"reason": "limit"}) == 71 - 50
@@ -182,7 +182,7 @@ def test_invalid_label_names_are_sanitised_and_collisions_get_a_stable_suffix() 
     assert out["service_name"] == "old"
     assert out["_1st"] == "x"
     assert sorted(out.values()) == sorted(["new", "old", "x", "a", "b"])
-    assert all(limits.LABEL_KEY.fullmatch(key) and len(key) <= limits.LABEL_KEY_MAX for key in out)
+    assert all(limits.LABEL_KEY.fullmatch(key) and len(key) <= contract.LABEL_KEY_MAX for key in out)
     again = make()[0].labels(
         firing({"service.name": "new", "service_name": "old", "1st": "x", "名前": "a", "名称": "b"})
     )
@@ -204,8 +204,8 @@ def test_overlong_label_key_is_cut_to_128_and_value_to_2048() -> None:
     mapper, registry = make()
     out = mapper.labels(firing({"k" * 200: "v" * 3000}))
     ((key, value),) = out.items()
-    assert len(key) == limits.LABEL_KEY_MAX
-    assert len(value) == limits.LABEL_VALUE_MAX
+    assert len(key) == contract.LABEL_KEY_MAX
+    assert len(value) == contract.LABEL_VALUE_MAX
     assert registry.get_sample_value("flashduty_bridge_truncations_total", {"field": "label_key"}) == 1
     assert registry.get_sample_value("flashduty_bridge_truncations_total", {"field": "label_value"}) == 1
 

@@ -1,39 +1,41 @@
 """Flashduty's standard alert API itself, at ``POST /event/push/alert/standard``.
 
 A tool that already speaks the standard API changes only the host to gain the
-bridge's durability, retries, rate limiting, routing and label hygiene. The body is
-validated by the same code as ``emulate`` (lenient mode: what Flashduty truncates is
-truncated, what it rejects is rejected with the same code and message), then it
-flows like every other alert. ``alert_key`` is kept as given; when a firing event
-has none, the bridge makes one, as Flashduty would, and returns it.
+bridge's durability, retries, rate limiting, routing and label hygiene. The request
+and the body are checked by :mod:`bridge.contract`, the code ``emulate`` runs too, in
+lenient mode: what Flashduty truncates is truncated, what it rejects is rejected with
+the same status, code and message (a non-JSON ``Content-Type`` is 400
+``InvalidContentType``, a method other than POST 400 ``MethodNotAllowed``). Then the
+event flows like every other alert. ``alert_key`` is kept as given; when a firing
+event has none, the bridge makes one, as Flashduty would, and returns it.
 """
 
 from __future__ import annotations
 
-import secrets
-import string
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.emulate import Rejection, parse_body, validate_event
+from bridge import contract
+from bridge.contract import Rejection
 from bridge.models import Alert
 
 SOURCE = "standard"
-PATH = "/event/push/alert/standard"
-_ALPHABET = string.ascii_letters + string.digits
+PATH = contract.PUSH_PATH
 
 
-def new_alert_key() -> str:
-    """A 22-character random key, like the ones Flashduty generates."""
-    return "".join(secrets.choice(_ALPHABET) for _ in range(22))
+def decode(raw: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
+    """The body of a push, checked as Flashduty checks it: JSON content type first, then one JSON object."""
+    contract.check_content_type(headers.get("content-type", ""))
+    return contract.parse_body(raw, strict=False)
 
 
 def parse(body: dict[str, Any]) -> Alert:
-    """Validate one standard event; raises :data:`~bridge.emulate.Rejection` exactly as Flashduty would."""
-    event, alert_key = validate_event(body, strict=False)
+    """Validate one standard event; raises :class:`~bridge.contract.Rejection` exactly as Flashduty would."""
+    event, alert_key = contract.validate_event(body, strict=False)
     status = event["event_status"]
     when = datetime.fromtimestamp(event["event_time"], UTC) if "event_time" in event else None
-    key = alert_key or new_alert_key()
+    key = alert_key or contract.new_alert_key()
     return Alert(
         source=SOURCE,
         status="resolved" if status == "Ok" else "firing",
@@ -50,4 +52,4 @@ def parse(body: dict[str, Any]) -> Alert:
     )
 
 
-__all__ = ["PATH", "SOURCE", "Rejection", "new_alert_key", "parse", "parse_body"]
+__all__ = ["PATH", "SOURCE", "Rejection", "decode", "parse"]
