@@ -46,6 +46,8 @@ from bridge.sources import standard as standard_module
 from bridge.sources.standard import Rejection
 
 BUILTIN_SOURCES = ("alertmanager", "grafana", "standard")
+#: Methods routed to the standard API's handler, which answers all but POST as Flashduty does.
+STANDARD_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 
 log = logging.getLogger("bridge.app")
 
@@ -160,7 +162,7 @@ async def receive(request: Request, name: str) -> Response:
     try:
         raw = await read_body(request, runtime.config.max_body_bytes)
         source.auth.verify(headers, raw)
-        body = source.decode(raw)
+        body = source.decode(raw, headers)
         alerts = source.parse(body, headers, query)
     except BodyTooLarge as exc:
         metrics.requests.labels(name, "too_large").inc()
@@ -235,7 +237,17 @@ async def receive_grafana(request: Request) -> Response:
 
 
 async def receive_standard(request: Request) -> Response:
-    """``POST /event/push/alert/standard``: Flashduty's own standard API, buffered."""
+    """``POST /event/push/alert/standard``: Flashduty's own standard API, buffered.
+
+    Every method reaches this handler, so that one other than POST is answered as Flashduty
+    answers it: 400 ``MethodNotAllowed``, before anything else is looked at.
+    """
+    try:
+        contract.check_method(request.method)
+    except Rejection as exc:
+        bridge: Bridge = request.app.state.bridge
+        bridge.metrics.requests.labels(standard_module.SOURCE, "invalid").inc()
+        return envelope(exc.status, uuid.uuid4().hex, code=exc.code, message=exc.message)
     return await receive(request, standard_module.SOURCE)
 
 
@@ -261,7 +273,7 @@ async def render(request: Request) -> Response:
     headers, query = dict(request.headers), dict(request.query_params)
     try:
         raw = await read_body(request, runtime.config.max_body_bytes)
-        body = source.decode(raw)
+        body = source.decode(raw, headers)
         alerts = source.parse(body, headers, query)
     except (BodyTooLarge, InvalidPayload, Rejection) as exc:
         return envelope(400, request_id, code="InvalidParameter", message=str(exc))
@@ -387,7 +399,7 @@ def create_app(
             Route("/alertmanager", receive_alertmanager, methods=["POST"]),
             Route("/grafana", receive_grafana, methods=["POST", "PUT"]),
             Route("/webhook/{name}", receive_template, methods=["POST", "PUT"]),
-            Route(standard_module.PATH, receive_standard, methods=["POST"]),
+            Route(standard_module.PATH, receive_standard, methods=list(STANDARD_METHODS)),
             Route("/-/render/{source}", render, methods=["POST"]),
             Route("/-/healthy", healthy, methods=["GET", "HEAD"]),
             Route("/-/ready", ready, methods=["GET", "HEAD"]),

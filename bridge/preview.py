@@ -48,7 +48,7 @@ def prepare(runtime: Runtime, name: str, payload: Any, headers: dict[str, str], 
     source = runtime.sources.get(name)
     if source is None:
         raise KeyError(f"no source {name!r} in the config (have: {', '.join(sorted(runtime.sources))})")
-    body = source.decode(json.dumps(payload).encode())  # exactly as serve decodes it
+    body = source.decode(json.dumps(payload).encode(), {"content-type": "application/json", **headers})
     return runtime.prepare(source, source.parse(body, headers, query))
 
 

@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge import contract
 from bridge.auth import AuthConfig
 from bridge.config import DEFAULT_DESTINATION, Config, ConfigError, RateLimitConfig, SourceMapping
 from bridge.destinations import Destination
@@ -38,8 +37,8 @@ class Source:
     parse: Parser
     auth: AuthConfig
     mapper: Mapper
-    #: Raw body -> decoded body; raises InvalidPayload (or Rejection for the standard API).
-    decode: Callable[[bytes], Any] = decode_json
+    #: Raw body and headers -> decoded body; raises InvalidPayload (or Rejection for the standard API).
+    decode: Callable[[bytes, Mapping[str, str]], Any] = lambda raw, headers: decode_json(raw)
 
 
 @dataclass(frozen=True)
@@ -155,7 +154,7 @@ def sources(config: Config, metrics: Metrics) -> dict[str, Source]:
             config.standard_auth,
             Mapper(SourceMapping(key_prefix=standard.SOURCE, allow_tpl_titles=True), metrics),
             # Decoded as Flashduty decodes it, so the bridge answers with Flashduty's own errors.
-            lambda raw: contract.parse_body(raw, strict=False),
+            standard.decode,
         ),
     }
     for name, settings in config.sources.items():
