@@ -123,6 +123,7 @@ def test_alertmanager_bearer_token_is_required_when_configured(emulator: Emulato
 
 
 PUSH = "/event/push/alert/standard"
+JSON = {"Content-Type": "application/json"}
 
 
 def test_standard_api_buffers_events_and_answers_like_flashduty(emulator: Emulator, make_bridge: MakeBridge) -> None:
@@ -135,12 +136,14 @@ def test_standard_api_buffers_events_and_answers_like_flashduty(emulator: Emulat
         "labels": {"resource": "db-1"},
         "description": "disk full",
     }
-    answer = bridge.post(PUSH, event, headers={"Content-Type": "application/json"})
+    answer = bridge.post(PUSH, event, headers=JSON)
     assert answer.status_code == 200
     assert answer.json()["data"] == {"alert_key": "db-1:disk"}
-    generated = bridge.post(PUSH, {"title_rule": "no key", "event_status": "Info"}).json()["data"]["alert_key"]
+    generated = bridge.post(PUSH, {"title_rule": "no key", "event_status": "Info"}, headers=JSON).json()["data"][
+        "alert_key"
+    ]
     assert len(generated) == 22
-    bridge.post(PUSH, {"title_rule": "recovered", "event_status": "Ok", "alert_key": generated})
+    bridge.post(PUSH, {"title_rule": "recovered", "event_status": "Ok", "alert_key": generated}, headers=JSON)
     events = delivered(emulator, 3)  # keys deliver concurrently: compare per key, not across keys
     first = next(e for e in events if e["alert_key"] == "db-1:disk")
     assert first["title_rule"] == "[TPL]${resource} down"  # the sender's own rule passes through
@@ -159,7 +162,7 @@ def test_standard_api_rejects_exactly_as_flashduty(emulator: Emulator, make_brid
         [1, 2],
     ]
     for body in bad_bodies:
-        ours = bridge.post(PUSH, body)
+        ours = bridge.post(PUSH, body, headers=JSON)
         theirs = httpx.post(
             f"{emulator.push_url}?integration_key=k",
             content=json.dumps(body),
