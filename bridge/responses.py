@@ -7,15 +7,30 @@ from typing import Any
 import orjson
 from starlette.responses import JSONResponse
 
+from bridge.contract import without_lone_surrogates
+
+
+class _SafeJSONResponse(JSONResponse):
+    """JSONResponse that never fails on text a sender sent: a lone surrogate is written as U+FFFD."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return super().render(without_lone_surrogates(content))
+
 
 def envelope(status: int, request_id: str, *, data: Any = None, code: str = "", message: str = "") -> JSONResponse:
-    """``{"request_id", "data"}`` on success, ``{"request_id", "error": {"code", "message"}}`` otherwise."""
+    """``{"request_id", "data"}`` on success, ``{"request_id", "error": {"code", "message"}}`` otherwise.
+
+    Messages may quote what a sender sent; whatever it is, the answer can be written.
+    """
     body: dict[str, Any] = {"request_id": request_id}
     if code:
         body["error"] = {"code": code, "message": message}
     else:
         body["data"] = data if data is not None else {}
-    return JSONResponse(body, status_code=status)
+    return _SafeJSONResponse(body, status_code=status)
 
 
 class _OrjsonResponse(JSONResponse):

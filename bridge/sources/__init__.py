@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bridge.limits import clean_text
+from bridge.contract import without_lone_surrogates
 
 
 class InvalidPayload(ValueError):
@@ -69,17 +69,11 @@ def decode_json(raw: bytes) -> Any:
         raise InvalidPayload(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise InvalidPayload("invalid JSON: nested too deeply") from None
-    if "\\u" in text:  # only escapes can smuggle in a lone surrogate
-        body = _without_lone_surrogates(body)
+    except ValueError as exc:
+        if isinstance(exc, InvalidPayload):
+            raise
+        # int() refuses more than 4300 digits (CVE-2020-10735); it says so with a ValueError.
+        raise InvalidPayload("invalid JSON: a number has more than 4300 digits") from None
+    if "\\u" in text:  # only escapes can smuggle in a lone surrogate; Go's decoder makes them U+FFFD
+        body = without_lone_surrogates(body)
     return body
-
-
-def _without_lone_surrogates(value: Any) -> Any:
-    """Replace lone surrogates with U+FFFD everywhere, as Go's JSON decoder does in Alertmanager."""
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, list):
-        return [_without_lone_surrogates(item) for item in value]
-    if isinstance(value, dict):
-        return {clean_text(key): _without_lone_surrogates(item) for key, item in value.items()}
-    return value

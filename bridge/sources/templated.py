@@ -34,7 +34,10 @@ ErrorCounter = Callable[[str, str], None]
 
 
 def _excerpt(payload: Any) -> str:
-    text = json.dumps(payload, ensure_ascii=False, sort_keys=True)
+    try:
+        text = json.dumps(payload, ensure_ascii=False, sort_keys=True)
+    except RecursionError:  # deeper than the stack allows here, though the decoder took it
+        return "(the payload is nested too deeply to show)"
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
 
 
