@@ -335,3 +335,57 @@ def test_alertmanager_fixture_is_not_mistaken_for_grafana() -> None:
     """A v4 body posted to the Grafana endpoint is refused with a pointer to the right one."""
     with pytest.raises(InvalidPayload, match="Alertmanager"):
         parse(payload("alertmanager-0.25-firing.json"))
+
+
+# -- the test-notification group key, in linear time ---------------------------------------------
+
+
+def _old_group_key_rule(fingerprint: str, group_key: str) -> bool:
+    """The regex this replaced (quadratic on hostile input); kept here as the reference meaning."""
+    import re
+
+    return re.fullmatch(rf".*-{re.escape(fingerprint)}-\d+", group_key) is not None
+
+
+def test_test_group_key_rule_means_what_the_regex_meant_on_every_small_input() -> None:
+    """Exhaustively over a small alphabet, the string logic agrees with the old regex (ASCII digits)."""
+    import itertools
+
+    from bridge.sources.grafana import is_test_group_key
+
+    alphabet = ["-", "a", "1", "\n"]
+    fingerprints = ["a", "-", "a-", "1", "\n"]
+    checked = 0
+    for length in range(8):
+        for letters in itertools.product(alphabet, repeat=length):
+            group_key = "".join(letters)
+            for fingerprint in fingerprints:
+                assert is_test_group_key(fingerprint, group_key) == _old_group_key_rule(fingerprint, group_key), (
+                    fingerprint,
+                    group_key,
+                )
+                checked += 1
+    assert checked > 100_000
+    assert not is_test_group_key("a", "x-a-١٢")  # Grafana writes ASCII seconds; \d also took Arabic digits
+
+
+def test_hostile_group_key_and_fingerprint_are_parsed_in_linear_time() -> None:
+    """The reproduction (fingerprint '-'*n, groupKey '-'*2n) took 6 s at n=40k and 21 s at n=80k.
+
+    Parsed ten times at n=80k in a child process bounded by a generous timeout: the quadratic
+    rule would need minutes, the string logic takes milliseconds, and no timing is asserted.
+    """
+    import subprocess
+    import sys
+
+    script = (
+        "from bridge.sources.grafana import parse\n"
+        "for n in (40_000, 80_000):\n"
+        "    alert = {'status': 'firing', 'labels': {'alertname': 'x'}, 'fingerprint': '-' * n}\n"
+        "    body = {'version': '1', 'groupKey': '-' * (2 * n), 'alerts': [alert]}\n"
+        "    for _ in range(10):\n"
+        "        assert parse(body)[0].kind == 'alerting'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "ok", result.stderr
