@@ -10,7 +10,9 @@ config that passes ``check-config`` is exactly a config ``serve`` accepts.
   ``Config.unset_variables`` so ``serve`` can warn about it.
 * ``FLASHDUTY_INTEGRATION_KEY`` fills ``flashduty.integration_key`` when the file
   does not set it (or when there is no file at all).
-* Durations are numbers of seconds or strings such as ``500ms``, ``10s``, ``5m``, ``1h``.
+* Durations are numbers of seconds or strings such as ``500ms``, ``10s``, ``5m``, ``1h``, ``7d``, ``1w``.
+* Values are normalised once, by their field types (:mod:`bridge.fields`): severity maps,
+  durations, URLs, and templates, which are compiled here and nowhere else.
 """
 
 from __future__ import annotations
@@ -20,23 +22,31 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from bridge.auth import AuthConfig, NoAuth
+from bridge.contract import EVENT_STATUSES
+from bridge.fields import (
+    CompiledTemplate,
+    Expression,
+    FiringStatus,
+    HttpUrl,
+    NonNegativeDuration,
+    SeverityMap,
+    TemplateMap,
+)
+from bridge.fields import Duration as Duration  # re-exported: the admin API's older_than
 from bridge.matchers import MatcherList
 
 KEY_ENV_VAR = "FLASHDUTY_INTEGRATION_KEY"
@@ -79,26 +89,6 @@ DEFAULT_IDENTITY_LABELS = (
     "priority",
     "level",
 )
-FIRING_STATUSES = ("Critical", "Warning", "Info")
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def _parse_duration(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}: use seconds or a number with ms, s, m or h")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(f"invalid duration {value!r}: use seconds or a number with ms, s, m or h")
-        return float(match.group(1)) * _UNITS[match.group(2)]
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0, allow_inf_nan=False)]
 
 
 class _Frozen(BaseModel):
@@ -119,7 +109,7 @@ class RateLimitConfig(_Frozen):
 
 
 class FlashdutyConfig(_Frozen):
-    url: str = DEFAULT_FLASHDUTY_URL
+    url: HttpUrl = DEFAULT_FLASHDUTY_URL
     integration_key: SecretStr = SecretStr("")
     #: The key from a file instead (a mounted Secret), read at start and at every reload.
     integration_key_file: Path | None = None
@@ -132,19 +122,6 @@ class FlashdutyConfig(_Frozen):
         if self.integration_key.get_secret_value() and self.integration_key_file is not None:
             raise ValueError("give integration_key or integration_key_file, not both")
         return self
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        try:
-            parts = urlsplit(value)
-            host = parts.hostname
-        except ValueError:
-            host = None
-        if parts.scheme not in ("http", "https") or not host:
-            # The value is not echoed: a pasted push URL carries the integration key.
-            raise ValueError("must be an http(s) URL with a host")
-        return value
 
     @property
     def dry_run(self) -> bool:
@@ -171,7 +148,7 @@ class DeliveryConfig(_Frozen):
     retry_horizon: Duration = DEFAULT_RETRY_HORIZON
     #: A repeat that says nothing new (same status, title, description, labels) is not sent
     #: again within this interval; after it, it is, so Flashduty sees the alert as fresh.
-    refresh_interval: Annotated[float, BeforeValidator(_parse_duration), Field(ge=0, allow_inf_nan=False)] = 300.0
+    refresh_interval: NonNegativeDuration = 300.0
     circuit: CircuitConfig = CircuitConfig()
 
 
@@ -181,54 +158,22 @@ class AdminConfig(_Frozen):
     token: SecretStr = SecretStr("")
 
 
-def _check_template(value: str | None, info: ValidationInfo) -> str | None:
-    """Compile a template now, so a broken one fails check-config with its field and line."""
-    if value is not None:
-        from bridge import templating
-
-        try:
-            templating.compile(value, str(info.field_name))
-        except templating.TemplateError as exc:
-            raise ValueError(str(exc)) from None
-    return value
-
-
-TemplateText = Annotated[str, AfterValidator(_check_template)]
-
-
 class SourceMapping(_Frozen):
     """How a built-in sender's alerts become Flashduty events (Alertmanager, Grafana)."""
 
     #: Prefix of every alert_key from this source; the fingerprint follows it.
     key_prefix: str = Field("alertmanager", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     severity_labels: tuple[str, ...] = DEFAULT_SEVERITY_LABELS
-    severity_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SEVERITY_MAP))
-    default_severity: str = "Warning"
+    severity_map: SeverityMap = Field(default_factory=lambda: dict(DEFAULT_SEVERITY_MAP))
+    default_severity: FiringStatus = "Warning"
     identity_labels: tuple[str, ...] = DEFAULT_IDENTITY_LABELS
     #: Titles starting with "[TPL]" switch on Flashduty-side templating; off unless asked for.
     allow_tpl_titles: bool = False
     #: Templates replacing the built-in title / description (context: ``payload``, ``alert``).
-    title: TemplateText | None = None
-    description: TemplateText | None = None
+    title: CompiledTemplate | None = None
+    description: CompiledTemplate | None = None
     #: Inbound authentication of this sender's requests.
     auth: AuthConfig = NoAuth()
-
-    @field_validator("severity_map")
-    @classmethod
-    def _firing_statuses_only(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, status in value.items():
-            if status not in FIRING_STATUSES:
-                raise ValueError(
-                    f"{name!r} maps to {status!r}; a firing alert can only be one of {', '.join(FIRING_STATUSES)}"
-                )
-        return {name.strip().lower(): status for name, status in value.items()}
-
-    @field_validator("default_severity")
-    @classmethod
-    def _firing_status(cls, value: str) -> str:
-        if value not in FIRING_STATUSES:
-            raise ValueError(f"must be one of {', '.join(FIRING_STATUSES)}, got {value!r}")
-        return value
 
 
 class AlertmanagerConfig(SourceMapping):
@@ -241,19 +186,13 @@ class GrafanaConfig(SourceMapping):
     key_prefix: str = Field("grafana", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     identity_labels: tuple[str, ...] = ("alertname", "rulename", "grafana_folder", *DEFAULT_IDENTITY_LABELS[1:])
     #: DatasourceNoData alerts (and legacy no_data): Flashduty's own Grafana integration says Critical.
-    nodata_status: str = "Critical"
+    nodata_status: FiringStatus = "Critical"
     #: DatasourceError alerts: the rule could not be evaluated at all.
-    error_status: str = "Critical"
+    error_status: FiringStatus = "Critical"
     #: Grafana's "Test" button notifications.
-    test_status: str = "Info"
-
-    @field_validator("nodata_status", "error_status", "test_status")
-    @classmethod
-    def _firing(cls, value: str) -> str:
-        return SourceMapping._firing_status(value)
+    test_status: FiringStatus = "Info"
 
 
-EVENT_STATUSES = (*FIRING_STATUSES, "Ok")
 SOURCE_NAME = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
 
 
@@ -265,30 +204,19 @@ class TemplateSourceConfig(_Frozen):
     """
 
     #: A Jinja expression (no braces) giving a list: one event per item.
-    alerts: str | None = None
-    title: TemplateText
-    description: TemplateText = ""
+    alerts: Expression | None = None
+    title: CompiledTemplate
+    #: None (or empty): no description.
+    description: CompiledTemplate | None = None
     #: Must render to Critical/Warning/Info/Ok, or to a key of status_map.
-    event_status: TemplateText
+    event_status: CompiledTemplate
     #: Rendered value -> status, e.g. {down: Critical, up: Ok}.
     status_map: dict[str, str] = Field(default_factory=dict)
-    #: Rendered, prefixed with "<name>:"; empty: a hash of the rendered labels.
-    alert_key: TemplateText = ""
-    labels: dict[str, TemplateText] = Field(default_factory=dict)
+    #: Rendered, prefixed with "<name>:"; None (or empty): a hash of the rendered labels.
+    alert_key: CompiledTemplate | None = None
+    labels: TemplateMap = Field(default_factory=dict)
     auth: AuthConfig = NoAuth()
     allow_tpl_titles: bool = False
-
-    @field_validator("alerts")
-    @classmethod
-    def _expression(cls, value: str | None) -> str | None:
-        if value is not None:
-            from bridge import templating
-
-            try:
-                templating.compile("{{ (" + value + ") | tojson }}", "alerts")
-            except templating.TemplateError as exc:
-                raise ValueError(f"not a valid expression: {exc}") from None
-        return value
 
     @field_validator("status_map")
     @classmethod
@@ -339,7 +267,7 @@ class DestinationConfig(_Frozen):
     #: Read at start and at every reload; surrounding whitespace is ignored.
     integration_key_file: Path | None = None
     #: Default: ``flashduty.url``.
-    url: str | None = None
+    url: HttpUrl | None = None
     #: Default: ``flashduty.rate_limit``.
     rate_limit: RateLimitConfig | None = None
 
@@ -348,8 +276,6 @@ class DestinationConfig(_Frozen):
         has_key, has_file = bool(self.integration_key.get_secret_value()), self.integration_key_file is not None
         if has_key == has_file:
             raise ValueError("give exactly one of integration_key and integration_key_file")
-        if self.url is not None:
-            FlashdutyConfig._http_url(self.url)
         return self
 
 
@@ -370,14 +296,12 @@ class RouteConfig(_Frozen):
     #: Per-route label rules, applied after the global ones.
     labels: LabelRules = LabelRules()
     #: Per-route severity entries, overriding those of the source's table for these alerts.
-    severity_map: dict[str, str] | None = None
+    severity_map: SeverityMap | None = None
 
     @model_validator(mode="after")
     def _target(self) -> RouteConfig:
         if self.drop == (self.destination is not None):
             raise ValueError("a route needs either a destination or drop: true")
-        if self.severity_map is not None:
-            AlertmanagerConfig._firing_statuses_only(self.severity_map)
         return self
 
 

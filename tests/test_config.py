@@ -251,12 +251,24 @@ def test_explicit_key_in_file_wins_over_env(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("section", "field"), DURATION_FIELDS)
 @pytest.mark.parametrize(
     ("raw", "seconds"),
-    [("500ms", 0.5), ("10s", 10.0), ("5m", 300.0), ("1h", 3600.0), ("1.5s", 1.5), ("30", 30.0), (3, 3.0), (0.25, 0.25)],
+    [
+        ("500ms", 0.5),
+        ("10s", 10.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("1.5s", 1.5),
+        ("30", 30.0),
+        (3, 3.0),
+        (0.25, 0.25),
+        ("7d", 7 * 86400.0),
+        ("1w", 7 * 86400.0),
+        (" 2 d ", 2 * 86400.0),
+    ],
 )
 def test_durations_accept_units_and_plain_seconds(
     tmp_path: Path, section: str, field: str, raw: str | float, seconds: float
 ) -> None:
-    """Durations accept numbers of seconds and strings with ms/s/m/h units."""
+    """Durations accept numbers of seconds and strings with ms/s/m/h/d/w units (the README says 7d)."""
     value = f'"{raw}"' if isinstance(raw, str) else raw
     cfg = load_text(tmp_path, f"{section}:\n  {field}: {value}\n")
     assert getattr(getattr(cfg, section), field) == pytest.approx(seconds)
@@ -287,10 +299,35 @@ def test_unparseable_duration_message_explains_the_format(tmp_path: Path) -> Non
     """The error for a bad duration quotes the value and lists the accepted units."""
     (problem,) = problems_for(tmp_path, 'flashduty:\n  timeout: "10 parsecs"\n')
     assert "'10 parsecs'" in problem
-    assert "ms, s, m or h" in problem
+    assert "ms, s, m, h, d or w" in problem
+
+
+def test_a_hostile_duration_is_refused_in_linear_time() -> None:
+    """The old pattern (\\s*, an optional unit, \\s*) backtracked quadratically on "1" + spaces + "x"."""
+    import subprocess
+    import sys
+
+    script = (
+        "from bridge.fields import parse_duration\n"
+        "for _ in range(20):\n"
+        "    try:\n"
+        "        parse_duration('1' + ' ' * 200_000 + 'x')\n"
+        "    except ValueError:\n"
+        "        pass\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "ok", result.stderr
 
 
 # --- severities ---------------------------------------------------------------------------------
+
+
+def test_severity_map_keys_that_normalise_alike_are_refused(tmp_path: Path) -> None:
+    """P1 and ' p1' are the same key once normalised: say so rather than keep one silently."""
+    (problem,) = problems_for(tmp_path, "alertmanager:\n  severity_map:\n    P1: Critical\n    ' p1': Info\n")
+    assert problem.startswith("line 2: alertmanager.severity_map:")
+    assert "'P1' and ' p1'" in problem
 
 
 def test_severity_map_replaces_default_and_lower_cases_keys(tmp_path: Path) -> None:

@@ -312,3 +312,14 @@ def test_route_severity_map_overrides_entries_and_keeps_the_rest() -> None:
     assert mapper.event(am_alert(severity="warning"), target).event_status == "Critical"
     assert mapper.event(am_alert(severity="info"), target).event_status == "Info"
     assert mapper.event(am_alert(severity="warning")).event_status == "Warning"
+
+
+def test_route_severity_map_is_normalised_like_the_sources() -> None:
+    """{P1: Critical} on a route maps severity="P1" to Critical, as the same map on the source does."""
+    mapper = Mapper(AlertmanagerConfig(), Metrics(CollectorRegistry()))
+    routed = config(routes=[{"destination": "default", "severity_map": {" P1 ": "Critical"}}])
+    assert routed.routes[0].severity_map == {"p1": "Critical"}
+    (target,) = Router(routed).route(am_alert(severity="P1"))
+    assert mapper.event(am_alert(severity="P1"), target).event_status == "Critical"
+    on_source = Mapper(AlertmanagerConfig(severity_map={"P1": "Critical"}), Metrics(CollectorRegistry()))
+    assert on_source.event(am_alert(severity="P1")).event_status == "Critical"

@@ -20,7 +20,8 @@ from dataclasses import replace
 from typing import Any
 
 from bridge import templating
-from bridge.config import EVENT_STATUSES, SourceMapping, TemplateSourceConfig
+from bridge.config import SourceMapping, TemplateSourceConfig
+from bridge.contract import EVENT_STATUSES
 from bridge.models import Alert, EventStatus
 from bridge.sources import InvalidPayload
 from bridge.sources.alertmanager import fingerprint
@@ -61,18 +62,19 @@ class _Renderer:
 
 
 class TemplateSource:
-    """One ``sources.<name>`` entry, compiled once."""
+    """One ``sources.<name>`` entry; its templates were compiled when the config was validated."""
 
     def __init__(self, name: str, config: TemplateSourceConfig, on_error: ErrorCounter) -> None:
         self.name = name
         self.config = config
         self.on_error = on_error
-        self.alerts = templating.compile("{{ (" + config.alerts + ") | tojson }}", "alerts") if config.alerts else None
-        self.title = templating.compile(config.title, "title")
-        self.description = templating.compile(config.description, "description") if config.description else None
-        self.event_status = templating.compile(config.event_status, "event_status")
-        self.alert_key = templating.compile(config.alert_key, "alert_key") if config.alert_key else None
-        self.labels = {key: templating.compile(text, f"labels.{key}") for key, text in config.labels.items()}
+        self.alerts = config.alerts.template if config.alerts else None
+        self.expression = config.alerts.text if config.alerts else ""
+        self.title = config.title
+        self.description = config.description
+        self.event_status = config.event_status
+        self.alert_key = config.alert_key
+        self.labels = config.labels
 
     def _items(self, body: Any, headers: Mapping[str, str], query: Mapping[str, str]) -> list[Any]:
         if self.alerts is None:
@@ -81,11 +83,9 @@ class TemplateSource:
         try:
             items = json.loads(templating.render_text(self.alerts, context))
         except templating.TemplateError as exc:
-            raise InvalidPayload(f"alerts: the expression {self.config.alerts!r} failed on this body: {exc}") from None
+            raise InvalidPayload(f"alerts: the expression {self.expression!r} failed on this body: {exc}") from None
         if not isinstance(items, list):
-            raise InvalidPayload(
-                f"alerts: the expression {self.config.alerts!r} gave {type(items).__name__}, not a list"
-            )
+            raise InvalidPayload(f"alerts: the expression {self.expression!r} gave {type(items).__name__}, not a list")
         return items
 
     def _status(self, rendered: str) -> EventStatus | None:
@@ -167,8 +167,8 @@ class Overrides:
     def __init__(self, source: str, config: SourceMapping, on_error: ErrorCounter) -> None:
         self.source = source
         self.on_error = on_error
-        self.title = templating.compile(config.title, "title") if config.title else None
-        self.description = templating.compile(config.description, "description") if config.description else None
+        self.title = config.title
+        self.description = config.description
 
     def apply(
         self, alerts: list[Alert], body: Any, headers: Mapping[str, str], query: Mapping[str, str]

@@ -57,18 +57,34 @@ _NO_ALERT = object()
 
 
 class Template:
-    """A compiled template; immutable and safe to render from many requests at once."""
+    """A compiled template; immutable and safe to render from many requests at once.
 
-    __slots__ = ("_jinja", "_limits", "filename", "name")
+    Equal to another template of the same name, source and limits. Pickled as that
+    (name, source, limits), so unpickling compiles it again with the default engine.
+    """
 
-    def __init__(self, name: str, jinja: JinjaTemplate, limits: Limits, filename: str) -> None:
+    __slots__ = ("_jinja", "_limits", "filename", "name", "source")
+
+    def __init__(self, name: str, jinja: JinjaTemplate, limits: Limits, filename: str, source: str = "") -> None:
         self.name = name
         self.filename = filename
+        self.source = source
         self._jinja = jinja
         self._limits = limits
 
     def __repr__(self) -> str:
         return f"Template({self.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Template):
+            return NotImplemented
+        return (self.name, self.source, self._limits) == (other.name, other.source, other._limits)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.source, self._limits))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _recompile, (self.source, self.name, self._limits)
 
     def render(self, context: Mapping[str, Any]) -> str:
         """Render with a fresh budget; raise :class:`TemplateError` (or a subclass) on any failure."""
@@ -138,7 +154,7 @@ class Engine:
         except RecursionError:
             raise TemplateError("template nests too deeply", name=name) from None
         jinja = self._env.template_class.from_code(self._env, code, self._env.make_globals(None))
-        return Template(name, jinja, self.limits, filename)
+        return Template(name, jinja, self.limits, filename, source)
 
     def _check_names(self, tree: nodes.Template) -> None:
         # Jinja 3 reports an unknown filter or test only when rendering; say it at compile time.
@@ -157,6 +173,10 @@ def _engine(limits: Limits) -> Engine:
 def compile(source: str, name: str, *, limits: Limits | None = None) -> Template:
     """Compile ``source`` as template ``name`` with the default engine for ``limits``."""
     return _engine(limits or Limits()).compile(source, name)
+
+
+def _recompile(source: str, name: str, limits: Limits) -> Template:
+    return compile(source, name, limits=limits)
 
 
 def render_text(template: Template, context: Mapping[str, Any]) -> str:
