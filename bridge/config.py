@@ -7,7 +7,9 @@ config that passes ``check-config`` is exactly a config ``serve`` accepts.
   ``integraton_key`` must not silently fall back to a default.
 * ``${VAR}`` in any string value is replaced from the environment (``$$`` is a
   literal ``$``). An unset variable expands to the empty string and is reported in
-  ``Config.unset_variables`` so ``serve`` can warn about it.
+  ``Config.unset_variables`` so ``serve`` can warn about it; when the config is invalid,
+  each problem names the unset variables in the value (or model) it is about, and any
+  others are listed after the problems.
 * ``FLASHDUTY_INTEGRATION_KEY`` fills ``flashduty.integration_key`` when the file
   does not set it (or when there is no file at all).
 * Durations are numbers of seconds or strings such as ``500ms``, ``10s``, ``5m``, ``1h``, ``7d``, ``1w``.
@@ -392,7 +394,11 @@ class ConfigError(Exception):
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand(value: Any, env: Mapping[str, str], unset: list[str]) -> Any:
+#: Where an unset variable was expanded: its name and the path of the value that held it.
+Unset = tuple[str, tuple[Any, ...]]
+
+
+def _expand(value: Any, env: Mapping[str, str], unset: list[Unset], path: tuple[Any, ...] = ()) -> Any:
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
@@ -400,14 +406,14 @@ def _expand(value: Any, env: Mapping[str, str], unset: list[str]) -> Any:
             if name is None:
                 return "$"
             if name not in env:
-                unset.append(name)
+                unset.append((name, path))
             return env.get(name, "")
 
         return _VAR.sub(substitute, value)
     if isinstance(value, dict):
-        return {key: _expand(item, env, unset) for key, item in value.items()}
+        return {key: _expand(item, env, unset, (*path, key)) for key, item in value.items()}
     if isinstance(value, list):
-        return [_expand(item, env, unset) for item in value]
+        return [_expand(item, env, unset, (*path, index)) for index, item in enumerate(value)]
     return value
 
 
@@ -424,8 +430,9 @@ def _key_lines(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ..
             _key_lines(item, (*path, index), lines)
 
 
-def _describe(error: ValidationError, lines: Mapping[tuple[Any, ...], int]) -> list[str]:
+def _describe(error: ValidationError, lines: Mapping[tuple[Any, ...], int], unset: list[Unset]) -> list[str]:
     problems = []
+    explained: set[str] = set()
     for item in error.errors():
         loc = tuple(item["loc"])
         dotted = ".".join(str(part) for part in loc) or "(top level)"
@@ -433,9 +440,19 @@ def _describe(error: ValidationError, lines: Mapping[tuple[Any, ...], int]) -> l
         where = f"line {line}: " if line else ""
         if item["type"] == "extra_forbidden":
             problems.append(f"{where}unknown key {dotted!r}")
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}{dotted}: {message}")
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        # A variable expanded in this value, or inside the model this problem is about.
+        causes = list(
+            dict.fromkeys(name for name, path in unset if path[: len(loc)] == loc or loc[: len(path)] == path)
+        )
+        if causes:
+            explained.update(causes)
+            message += "; " + ", ".join(f"${{{name}}} is not set (it expanded to an empty string)" for name in causes)
+        problems.append(f"{where}{dotted}: {message}")
+    others = [name for name in dict.fromkeys(name for name, _ in unset) if name not in explained]
+    if others:
+        problems.append(f"environment variables not set (each expanded to an empty string): {', '.join(others)}")
     return problems
 
 
@@ -474,15 +491,15 @@ def load(path: Path | None, env: Mapping[str, str] | None = None) -> Config:
             data = {}
         if not isinstance(data, dict):
             raise ConfigError(source, ["the top level must be a mapping of keys"])
-    unset: list[str] = []
+    unset: list[Unset] = []
     data = _expand(data, env, unset)
     flashduty = data.get("flashduty")
     if flashduty is None or isinstance(flashduty, dict):  # anything else is reported by validation
         flashduty = flashduty or {}
         if not flashduty.get("integration_key") and not flashduty.get("integration_key_file") and env.get(KEY_ENV_VAR):
             data["flashduty"] = {**flashduty, "integration_key": env[KEY_ENV_VAR]}
-    data["unset_variables"] = tuple(dict.fromkeys(unset))
+    data["unset_variables"] = tuple(dict.fromkeys(name for name, _ in unset))
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, _describe(exc, lines)) from None
+        raise ConfigError(source, _describe(exc, lines, unset)) from None

@@ -112,6 +112,9 @@ def integration_keys(config: Config) -> dict[str, str]:
         if destination.integration_key_file is None:
             keys[name] = destination.integration_key.get_secret_value()
     if problems:
+        if config.unset_variables:
+            unset = ", ".join(config.unset_variables)
+            problems.append(f"environment variables not set (each expanded to an empty string): {unset}")
         raise ConfigError("destinations", problems)
     return keys
 

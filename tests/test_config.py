@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,60 @@ def test_expanded_values_are_not_expanded_again(tmp_path: Path) -> None:
     """A variable's value containing ${...} is used verbatim (no recursive expansion)."""
     cfg = load_text(tmp_path, "storage:\n  path: ${A}\n", {"A": "${B}", "B": "nope"})
     assert cfg.storage.path == Path("${B}")
+
+
+def test_a_problem_caused_by_an_unset_variable_names_the_variable(tmp_path: Path) -> None:
+    """${FD_URL} unset makes flashduty.url invalid: the problem says which variable is unset."""
+    (problem,) = problems_for(tmp_path, "flashduty:\n  url: ${FD_URL}\n")
+    assert problem.startswith("line 2: flashduty.url: must be an http(s) URL with a host")
+    assert "${FD_URL} is not set" in problem
+
+
+def test_a_model_level_problem_names_the_unset_variable_inside_it(tmp_path: Path) -> None:
+    """The destination's own check (one of key and key file) points at the variable in its key."""
+    text = "destinations:\n  db:\n    integration_key: ${DB_KEY}\n"
+    (problem,) = problems_for(tmp_path, text)
+    assert "give exactly one of integration_key and integration_key_file" in problem
+    assert "${DB_KEY} is not set" in problem
+
+
+def test_unset_variables_unrelated_to_the_problem_are_still_listed(tmp_path: Path) -> None:
+    """When validation fails elsewhere, the unset variables are listed too: they may be why."""
+    problems = problems_for(tmp_path, "admin:\n  token: ${ADMIN}\nlisten: nowhere\n")
+    assert problems[0].startswith("line 3: listen:")
+    assert problems[-1] == "environment variables not set (each expanded to an empty string): ADMIN"
+
+
+def test_check_config_and_reload_name_the_unset_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At start (check-config, serve) and on reload, a config broken by an unset ${VAR} names it."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from tests.support.inprocess import make_config, running
+
+    broken = "flashduty:\n  url: ${FD_URL_UNSET_IN_TEST}\n"
+    path = write(tmp_path, broken)
+    env = {key: value for key, value in os.environ.items() if key != "FD_URL_UNSET_IN_TEST"}
+    check = subprocess.run(
+        [sys.executable, "-m", "bridge", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert check.returncode == 2
+    assert "${FD_URL_UNSET_IN_TEST} is not set" in check.stderr, check.stderr
+
+    monkeypatch.delenv("FD_URL_UNSET_IN_TEST", raising=False)
+
+    async def reload() -> str:
+        async with running(make_config(tmp_path), config_path=path) as bridge:
+            response = await bridge.client.post("/-/reload")
+            assert response.status_code >= 400
+            return str(response.json()["error"]["message"])
+
+    assert "${FD_URL_UNSET_IN_TEST} is not set" in asyncio.run(reload())
 
 
 def test_unset_variable_expands_to_empty_and_is_listed_once(tmp_path: Path) -> None:
