@@ -1,4 +1,4 @@
-"""The HTTP service: webhook intake, health, readiness and metrics.
+"""The HTTP service: webhook intake (:mod:`bridge.receive`), health, readiness and metrics.
 
 What a 200 means: every alert of the request was mapped to a Flashduty event and
 **committed to the outbox on disk**. Delivery happens afterwards, with retries.
@@ -17,7 +17,6 @@ import logging
 import signal
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,65 +28,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge import __version__, admin, contract, logs
+from bridge import __version__, admin, contract, logs, receive
 from bridge import runtime as runtime_module
-from bridge.auth import Unauthorized
 from bridge.config import DEFAULT_DESTINATION, Config, ConfigError
 from bridge.config import load as load_config
 from bridge.destinations.flashduty import DryRunDestination, Transports
 from bridge.metrics import Metrics
-from bridge.outbox import OutboxUnavailable, SqliteOutbox
+from bridge.outbox import SqliteOutbox
 from bridge.outbox.dispatcher import Dispatcher
-from bridge.responses import envelope, fast_envelope
+from bridge.responses import envelope
 from bridge.routing import passthrough_destination
 from bridge.runtime import Runtime
-from bridge.sources import InvalidPayload, Skipped, alertmanager, grafana
-from bridge.sources import standard as standard_module
-from bridge.sources.standard import Rejection
-
-BUILTIN_SOURCES = ("alertmanager", "grafana", "standard")
-#: Methods routed to the standard API's handler, which answers all but POST as Flashduty does.
-STANDARD_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 
 log = logging.getLogger("bridge.app")
 
 #: How long SIGTERM waits for in-flight delivery attempts.
 SHUTDOWN_GRACE_SECONDS = 15.0
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused (BodyTooLarge) before it is read whole when it exceeds ``limit`` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"body is {int(declared)} bytes, the limit is {limit} (max_body_bytes)")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise BodyTooLarge(f"body exceeds the limit of {limit} bytes (max_body_bytes)")
-    return bytes(raw)
-
-
-def request_headers(request: Request) -> dict[str, str]:
-    """``dict(request.headers)``: names as sent (lower case), the first value of a repeated name.
-
-    Built from the raw ASGI list in one pass; ``Headers`` looks every name up again.
-    """
-    headers: dict[str, str] = {}
-    for name, value in request.scope["headers"]:
-        if not name.islower():  # ASGI servers send lower-case names; anything else as Starlette does it
-            return dict(request.headers)
-        headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
-    return headers
-
-
-def request_query(request: Request) -> dict[str, str]:
-    """``dict(request.query_params)``, without parsing an empty query string."""
-    return dict(request.query_params) if request.scope["query_string"] else {}
 
 
 @dataclass
@@ -124,7 +80,7 @@ class Bridge:
             return False, "no config file to reload (started without --config)"
         try:
             new = load_config(self.config_path)
-            runtime = runtime_module.build(new, metrics, self.http)
+            runtime = runtime_module.build(new, self.http)
         except ConfigError as exc:
             metrics.reloads.labels("failure").inc()
             metrics.reload_success.set(0)
@@ -147,140 +103,6 @@ class Bridge:
             note,
         )
         return True, "reloaded" + note
-
-
-async def receive(request: Request, name: str) -> Response:
-    """The receive path of every sender: authenticate, parse, route, map, commit, answer."""
-    bridge: Bridge = request.app.state.bridge
-    runtime = bridge.runtime  # this request finishes on the config it started with
-    metrics = bridge.metrics
-    request_id = uuid.uuid4().hex
-    source = runtime.sources.get(name)
-    if source is None:
-        return envelope(404, request_id, code="RouteNotFound", message=f"no source {name!r} in the config")
-    headers, query = request_headers(request), request_query(request)
-    try:
-        raw = await read_body(request, runtime.config.max_body_bytes)
-        source.auth.verify(headers, raw)
-        body = source.decode(raw, headers)
-        alerts = source.parse(body, headers, query)
-    except BodyTooLarge as exc:
-        metrics.requests.labels(name, "too_large").inc()
-        return envelope(413, request_id, code="InvalidParameter", message=str(exc))
-    except Unauthorized as exc:
-        metrics.requests.labels(name, "unauthorized").inc()
-        metrics.auth_failures.labels(name, exc.reason).inc()
-        log.warning("refused %s request %s: %s", name, request_id, exc.reason)
-        return envelope(401, request_id, code="Unauthorized", message=exc.reason)
-    except (InvalidPayload, Rejection) as exc:
-        metrics.requests.labels(name, "invalid").inc()
-        log.info("rejected %s request %s: %s", name, request_id, exc)
-        code = exc.code if isinstance(exc, Rejection) else "InvalidParameter"
-        return envelope(contract.STATUS_BY_CODE.get(code, 400), request_id, code=code, message=str(exc))
-    except Skipped as skip:
-        metrics.requests.labels(name, "not_forwarded").inc()
-        metrics.not_forwarded.labels(name, skip.reason).inc()
-        return envelope(200, request_id, data={"accepted": 0, "not_forwarded": skip.reason})
-
-    passthrough = None
-    key = query.get("integration_key")
-    if key is not None and runtime.config.passthrough:
-        if not key.strip():
-            metrics.requests.labels(name, "invalid").inc()
-            return envelope(400, request_id, code="InvalidParameter", message="integration_key is not a valid one")
-        passthrough = await bridge.passthrough(key.strip())
-    prepared = runtime.prepare(source, alerts, passthrough)
-    try:
-        stored = await bridge.outbox.put([new for new, _ in prepared.events])
-    except OutboxUnavailable as exc:
-        metrics.requests.labels(name, "unavailable").inc()
-        metrics.alerts.labels(name, "unavailable").inc(len(alerts))
-        log.warning("could not take %s request %s (%d alerts): %s", name, request_id, len(alerts), exc)
-        return envelope(503, request_id, code="ServiceUnavailable", message=str(exc))
-    bridge.dispatcher.wake()
-
-    # Counted per series, not per alert: one increment by n is the same count as n increments.
-    metrics.child(metrics.requests, name, "accepted").inc()
-    metrics.child(metrics.alerts, name, "accepted").inc(len(alerts))
-    for reason, count in Counter(reason for _, reason in prepared.skipped).items():
-        metrics.child(metrics.unrouted, name, reason).inc(count)
-    statuses = Counter(event.event_status for (_, event), kept in zip(prepared.events, stored, strict=True) if kept)
-    for status, count in statuses.items():
-        metrics.child(metrics.events, name, status).inc(count)
-    suppressed = len(stored) - statuses.total()
-    if suppressed:
-        metrics.child(metrics.suppressed, name).inc(suppressed)
-    keys = list(dict.fromkeys(event.alert_key for _, event in prepared.events))
-    if name == standard_module.SOURCE:  # answer exactly as Flashduty does
-        return fast_envelope(200, request_id, data={"alert_key": alerts[0].alert_key})
-    return fast_envelope(
-        200,
-        request_id,
-        data={
-            "accepted": len(alerts),
-            "events": len(stored) - suppressed,
-            "suppressed": suppressed,
-            "unrouted": len(prepared.skipped),
-            "alert_keys": keys,
-        },
-    )
-
-
-async def receive_alertmanager(request: Request) -> Response:
-    """``POST /alertmanager``: Alertmanager webhooks (version 4)."""
-    return await receive(request, alertmanager.SOURCE)
-
-
-async def receive_grafana(request: Request) -> Response:
-    """``POST /grafana``: Grafana contact points (unified, version 1) and legacy Grafana alerting."""
-    return await receive(request, grafana.SOURCE)
-
-
-async def receive_standard(request: Request) -> Response:
-    """``POST /event/push/alert/standard``: Flashduty's own standard API, buffered.
-
-    Every method reaches this handler, so that one other than POST is answered as Flashduty
-    answers it: 400 ``MethodNotAllowed``, before anything else is looked at.
-    """
-    try:
-        contract.check_method(request.method)
-    except Rejection as exc:
-        bridge: Bridge = request.app.state.bridge
-        bridge.metrics.requests.labels(standard_module.SOURCE, "invalid").inc()
-        return envelope(exc.status, uuid.uuid4().hex, code=exc.code, message=exc.message)
-    return await receive(request, standard_module.SOURCE)
-
-
-async def receive_template(request: Request) -> Response:
-    """``POST /webhook/{name}``: a template source from the config."""
-    name = request.path_params["name"]
-    if name in BUILTIN_SOURCES:
-        return envelope(404, uuid.uuid4().hex, code="RouteNotFound", message=f"use /{name} for {name}")
-    return await receive(request, name)
-
-
-async def render(request: Request) -> Response:
-    """``POST /-/render/{source}``: the events a payload would become; nothing is queued or sent."""
-    bridge: Bridge = request.app.state.bridge
-    runtime = bridge.runtime
-    request_id = uuid.uuid4().hex
-    token = runtime.config.admin.token.get_secret_value()
-    if token and not admin.bearer_matches(request, token):
-        return envelope(401, request_id, code="Unauthorized", message="missing or wrong bearer token")
-    source = runtime.sources.get(request.path_params["source"])
-    if source is None:
-        return envelope(404, request_id, code="RouteNotFound", message=f"no source {request.path_params['source']!r}")
-    headers, query = dict(request.headers), dict(request.query_params)
-    try:
-        raw = await read_body(request, runtime.config.max_body_bytes)
-        body = source.decode(raw, headers)
-        alerts = source.parse(body, headers, query)
-    except (BodyTooLarge, InvalidPayload, Rejection) as exc:
-        return envelope(400, request_id, code="InvalidParameter", message=str(exc))
-    except Skipped as skip:
-        return envelope(200, request_id, data={"events": [], "not_forwarded": skip.reason})
-    prepared = runtime.prepare(source, alerts)
-    return envelope(200, request_id, data=prepared.to_json())
 
 
 async def reload_config(request: Request) -> Response:
@@ -350,7 +172,7 @@ def create_app(
         )
         await outbox.open()
         http = Transports(config.delivery.workers)
-        runtime = runtime_module.build(config, metrics, http)
+        runtime = runtime_module.build(config, http)
         dispatcher = Dispatcher(
             outbox, runtime.destinations, metrics, config.delivery, runtime.rate_limits, clock=clock
         )
@@ -396,11 +218,11 @@ def create_app(
 
     return Starlette(
         routes=[
-            Route("/alertmanager", receive_alertmanager, methods=["POST"]),
-            Route("/grafana", receive_grafana, methods=["POST", "PUT"]),
-            Route("/webhook/{name}", receive_template, methods=["POST", "PUT"]),
-            Route(standard_module.PATH, receive_standard, methods=list(STANDARD_METHODS)),
-            Route("/-/render/{source}", render, methods=["POST"]),
+            Route("/alertmanager", receive.receive_alertmanager, methods=["POST"]),
+            Route("/grafana", receive.receive_grafana, methods=["POST", "PUT"]),
+            Route("/webhook/{name}", receive.receive_template, methods=["POST", "PUT"]),
+            Route(contract.PUSH_PATH, receive.receive_standard, methods=list(receive.STANDARD_METHODS)),
+            Route("/-/render/{source}", receive.render, methods=["POST"]),
             Route("/-/healthy", healthy, methods=["GET", "HEAD"]),
             Route("/-/ready", ready, methods=["GET", "HEAD"]),
             Route("/-/reload", reload_config, methods=["POST"]),

@@ -1,7 +1,8 @@
 """Map an :class:`~bridge.models.Alert` to a contract-clean Flashduty :class:`~bridge.models.Event`.
 
 Every Flashduty limit is enforced here, before anything is stored, and every
-truncation, rewritten label key and dropped label is counted in metrics:
+truncation, rewritten label key and dropped label is recorded in the request's
+:class:`~bridge.notes.Notes` (mapping touches no metric; the receive path counts notes):
 
 * ``event_status``: resolved → ``Ok``; firing → the first of the severity labels,
   looked up case-insensitively in the severity table, else the default (Warning).
@@ -24,8 +25,8 @@ from typing import TYPE_CHECKING
 
 from bridge import contract, limits
 from bridge.config import LabelRules, SourceMapping
-from bridge.metrics import Metrics
 from bridge.models import Alert, Event, EventStatus
+from bridge.notes import Notes
 
 if TYPE_CHECKING:
     from bridge.routing import Target
@@ -90,21 +91,20 @@ def apply_rules(
 class Mapper:
     """Turns alerts of one source into events; one instance per source config."""
 
-    def __init__(self, config: SourceMapping, metrics: Metrics) -> None:
+    def __init__(self, config: SourceMapping) -> None:
         self.config = config
-        self.metrics = metrics
 
-    def event(self, alert: Alert, target: Target | None = None) -> Event:
+    def event(self, alert: Alert, notes: Notes, target: Target | None = None) -> Event:
         """The event for ``alert``, with the label rules and severity table of the route that chose it."""
         when = alert.ends_at if alert.status == "resolved" else alert.starts_at
         return Event(
-            alert_key=self.alert_key(alert),
+            alert_key=self.alert_key(alert, notes),
             event_status=self.status(alert, target.severity_map if target else None),
-            title_rule=self.title(alert),
-            description=self.description(alert),
-            labels=self.labels(alert, target.labels if target else ()),
+            title_rule=self.title(alert, notes),
+            description=self.description(alert, notes),
+            labels=self.labels(alert, notes, target.labels if target else ()),
             event_time=int(when.timestamp()) if when else None,
-            images=self.images(alert),
+            images=self.images(alert, notes),
         )
 
     def status(self, alert: Alert, severity_map: dict[str, str] | None = None) -> EventStatus:
@@ -125,28 +125,29 @@ class Mapper:
                 break  # the first severity label decides, as in Flashduty's integration
         return self.config.default_severity  # type: ignore[return-value]  # validated in config
 
-    def alert_key(self, alert: Alert) -> str:
+    def alert_key(self, alert: Alert, notes: Notes) -> str:
         if alert.alert_key is not None:
             key = limits.clean_text(alert.alert_key)
             if len(key) <= contract.ALERT_KEY_MAX:
                 return key
-            self.metrics.truncations.labels("alert_key").inc()
+            notes.truncations["alert_key"] += 1
             return "sha256:" + hashlib.sha256(key.encode(errors="surrogatepass")).hexdigest()
         key = f"{self.config.key_prefix}:{limits.clean_text(alert.fingerprint)}"
         if len(key) > contract.ALERT_KEY_MAX:
             # Hash rather than cut, so two long fingerprints never share a key.
-            self.metrics.truncations.labels("alert_key").inc()
+            notes.truncations["alert_key"] += 1
             digest = hashlib.sha256(alert.fingerprint.encode(errors="surrogatepass")).hexdigest()
             key = f"{self.config.key_prefix}:sha256:{digest}"
         return key
 
-    def _limit(self, field: str, text: str, limit: int) -> str:
+    @staticmethod
+    def _limit(field: str, text: str, limit: int, notes: Notes) -> str:
         out, cut = limits.truncate(text, limit)
         if cut:
-            self.metrics.truncations.labels(field).inc()
+            notes.truncations[field] += 1
         return out
 
-    def title(self, alert: Alert) -> str:
+    def title(self, alert: Alert, notes: Notes) -> str:
         labels, annotations = alert.labels, alert.annotations
         name = _one_line(labels.get("alertname", ""))
         summary = _one_line(annotations.get("summary", ""))
@@ -172,9 +173,9 @@ class Mapper:
         if not self.config.allow_tpl_titles and title.upper().startswith(_TPL):
             # "[TPL]" turns on Flashduty-side templating of the title; alert text must stay literal.
             title = "(TPL)" + title[len(_TPL) :]
-        return self._limit("title_rule", title, contract.TITLE_MAX)
+        return self._limit("title_rule", title, contract.TITLE_MAX, notes)
 
-    def description(self, alert: Alert) -> str:
+    def description(self, alert: Alert, notes: Notes) -> str:
         text = ""
         for name in _DESCRIPTION_ANNOTATIONS:  # the first that is not blank
             value = alert.annotations.get(name)
@@ -200,15 +201,15 @@ class Mapper:
         room = contract.DESCRIPTION_MAX - len(link_block) - len(separator)
         text, text_cut = limits.truncate(text, room)
         if links_cut or text_cut:
-            self.metrics.truncations.labels("description").inc()
+            notes.truncations["description"] += 1
         return f"{text}{separator}{link_block}"
 
-    def images(self, alert: Alert) -> tuple[dict[str, str], ...]:
+    def images(self, alert: Alert, notes: Notes) -> tuple[dict[str, str], ...]:
         """Screenshots as Flashduty images: a src over 256 characters would be dropped by Flashduty, so it is here."""
         images = []
         for index, url in enumerate(alert.images):
             if len(url) > contract.IMAGE_SRC_MAX:
-                self.metrics.truncations.labels("images").inc()
+                notes.truncations["images"] += 1
                 continue
             alt, _ = limits.truncate(
                 f"{alert.rule_name or alert.labels.get('alertname', 'alert')} #{index + 1}", contract.IMAGE_ALT_MAX
@@ -216,7 +217,7 @@ class Mapper:
             images.append({"alt": alt, "src": url, "href": url})
         return tuple(images)
 
-    def labels(self, alert: Alert, rules: Sequence[LabelRules] = ()) -> dict[str, str]:
+    def labels(self, alert: Alert, notes: Notes, rules: Sequence[LabelRules] = ()) -> dict[str, str]:
         own: Mapping[str, str] = alert.labels
         if alert.links or alert.is_test or alert.template_errors:
             extra = {f"{role}_url": url for role, url in alert.links.items()}
@@ -228,7 +229,7 @@ class Mapper:
         if _changes_names(rules):
             own, annotations, removed = apply_rules(own, annotations, rules)
             if removed:
-                self.metrics.labels_dropped.labels("rule").inc(removed)
+                notes.labels_dropped["rule"] += removed
         # From here on own and annotations are only read (they may be the alert's own dicts).
         priority = [name for rule in rules for name in rule.priority]
         order = (*priority, *self.config.identity_labels) if priority else self.config.identity_labels
@@ -236,9 +237,9 @@ class Mapper:
         rest = sorted(set(own).difference(first))
         preferred = [name for name in priority if name in annotations and name not in own]
         preferred += [name for name in _PREFERRED_ANNOTATIONS if name in annotations and name not in preferred]
-        notes = sorted(set(annotations) - set(preferred))
+        others = sorted(set(annotations) - set(preferred))
         candidates = [(name, value) for name in first + rest if (value := own[name]) != ""]
-        candidates += [(name, value) for name in preferred + notes if (value := annotations[name]) != ""]
+        candidates += [(name, value) for name in preferred + others if (value := annotations[name]) != ""]
         identity = first
 
         # Keys that are already valid claim their names before any rewritten key does,
@@ -261,13 +262,13 @@ class Mapper:
                 key = limits.sanitise_label_key(name)
                 reason = "sanitised" if key != name else "collision"
                 if len(name) > contract.LABEL_KEY_MAX and limits.LABEL_KEY.fullmatch(name):
-                    self.metrics.truncations.labels("label_key").inc()
+                    notes.truncations["label_key"] += 1
                 attempt = 0
                 while key in taken:
                     reason = "collision"
                     key = _suffixed(limits.sanitise_label_key(name), name, attempt)
                     attempt += 1
-                self.metrics.labels_renamed.labels(reason).inc()
+                notes.labels_renamed[reason] += 1
                 keys[index] = key
                 taken.add(key)
 
@@ -281,10 +282,10 @@ class Mapper:
                 continue
             value = limits.clean_text(value)
             out[slot] = (
-                self._limit("label_value", value, contract.LABEL_VALUE_MAX)
+                self._limit("label_value", value, contract.LABEL_VALUE_MAX, notes)
                 if len(value) > contract.LABEL_VALUE_MAX
                 else value
             )
         if dropped:
-            self.metrics.labels_dropped.labels("limit").inc(dropped)
+            notes.labels_dropped["limit"] += dropped
         return out

@@ -15,7 +15,9 @@ queued or sent. ``test-templates`` runs test files, as ``promtool test rules`` d
         expect:                  # the events, in order; each a subset of the event body
           - {event_status: Critical, alert_key: "uptime_kuma:12"}
 
-Both use the same parse → route → map code as ``serve``.
+Both run the very pipeline ``serve`` runs (:func:`bridge.intake.prepare`: decode → parse →
+route → map) on the payload's bytes, with headers and query read the same way; only the
+store is left out. Template errors and truncations are shown as notes, never logged.
 """
 
 from __future__ import annotations
@@ -27,49 +29,59 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bridge import config as config_module
-from bridge.auth import Unauthorized
-from bridge.metrics import Metrics
-from bridge.routing import Router
-from bridge.runtime import Prepared, Runtime, sources
-from bridge.sources import InvalidPayload, Skipped, describe_validation_error
-from bridge.sources import standard as standard_module
+from bridge import intake
+from bridge.intake import NotForwarded, Outcome, Received, Refused
+from bridge.routing import passthrough_destination
+from bridge.sources import describe_validation_error
 
 
-def offline_runtime(cfg: config_module.Config) -> Runtime:
-    """Sources and routes of ``cfg``, without destinations: enough to map, nothing to send."""
-    return Runtime(cfg, Router(cfg), sources(cfg, Metrics(CollectorRegistry())), {}, {})
+def received(
+    source: str, body: bytes, headers: dict[str, str], query: dict[str, str], config: config_module.Config
+) -> Received:
+    """A request as ``serve`` would receive it: header names in lower case, JSON unless said otherwise."""
+    headers = {"content-type": "application/json", **{name.lower(): value for name, value in headers.items()}}
+    key = query.get("integration_key", "").strip() if config.passthrough else ""
+    return Received(source, body, headers, dict(query), passthrough_destination(key) if key else None)
 
 
-def prepare(runtime: Runtime, name: str, payload: Any, headers: dict[str, str], query: dict[str, str]) -> Prepared:
-    source = runtime.sources.get(name)
-    if source is None:
-        raise KeyError(f"no source {name!r} in the config (have: {', '.join(sorted(runtime.sources))})")
-    body = source.decode(json.dumps(payload).encode(), {"content-type": "application/json", **headers})
-    return runtime.prepare(source, source.parse(body, headers, query))
+def prepare(
+    snapshot: intake.Intake, source: str, body: bytes, headers: dict[str, str], query: dict[str, str]
+) -> Outcome:
+    """The outcome ``serve`` would reach for this request, minus the store: the very same pipeline."""
+    if source not in snapshot.sources:
+        raise KeyError(f"no source {source!r} in the config (have: {', '.join(sorted(snapshot.sources))})")
+    return intake.prepare(snapshot, received(source, body, headers, query, snapshot.config))
 
 
 def _pairs(items: list[str]) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in items if "=" in item)
+    pairs: dict[str, str] = {}
+    for item in items:
+        if "=" in item:
+            name, value = item.split("=", 1)
+            pairs.setdefault(name, value)  # the first value, as serve reads a repeated header
+    return pairs
 
 
 def render(args: argparse.Namespace) -> int:
     from bridge.cli import load_or_exit
 
-    runtime = offline_runtime(load_or_exit(args.config))
+    snapshot = intake.build(load_or_exit(args.config))
     try:
-        payload = json.loads(Path(args.payload).read_text(encoding="utf-8"))
-        prepared = prepare(runtime, args.source, payload, _pairs(args.header), _pairs(args.query))
-    except (OSError, ValueError, KeyError, InvalidPayload, standard_module.Rejection, Unauthorized) as exc:
+        body = Path(args.payload).read_bytes()
+        outcome = prepare(snapshot, args.source, body, _pairs(args.header), _pairs(args.query))
+    except (OSError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Skipped as skip:
-        print(json.dumps({"events": [], "not_forwarded": skip.reason}, indent=2))
+    if isinstance(outcome, Refused):
+        print(f"error: {outcome.code}: {outcome.message}", file=sys.stderr)
+        return 2
+    if isinstance(outcome, NotForwarded):
+        print(json.dumps({"events": [], "not_forwarded": outcome.reason}, indent=2))
         return 0
-    print(json.dumps(prepared.to_json(), indent=2, ensure_ascii=False))
+    print(json.dumps(outcome.to_json(), indent=2, ensure_ascii=False))
     return 0
 
 
@@ -124,24 +136,27 @@ def run_test_file(path: Path, config_override: str | None) -> tuple[int, int]:
         print(f"{path}: invalid test file: {describe_validation_error(exc)}")
         return 0, 1
     config_path = config_override or (str((path.parent / spec.config).resolve()) if spec.config else None)
-    runtime = offline_runtime(load_or_exit(config_path))
+    snapshot = intake.build(load_or_exit(config_path))
     passed = failed = 0
     for test in spec.tests:
         problems: list[str] = []
+        events: list[dict[str, Any]] = []
         try:
-            payload = test.payload
             if test.payload_file is not None:
-                payload = json.loads((path.parent / test.payload_file).read_text(encoding="utf-8"))
-            events = [
-                event.to_body() for _, event in prepare(runtime, test.source, payload, test.headers, test.query).events
-            ]
-        except Skipped as skip:
-            events = []
-            problems += (
-                [] if not test.expect else [f"not forwarded ({skip.reason}), expected {len(test.expect)} events"]
-            )
-        except (OSError, ValueError, KeyError, InvalidPayload, standard_module.Rejection) as exc:
-            events, problems = [], [f"error: {exc}"]
+                body = (path.parent / test.payload_file).read_bytes()
+            else:
+                body = json.dumps(test.payload).encode()
+            outcome = prepare(snapshot, test.source, body, test.headers, test.query)
+        except (OSError, KeyError) as exc:
+            problems.append(f"error: {exc}")
+        else:
+            if isinstance(outcome, Refused):
+                problems.append(f"error: {outcome.code}: {outcome.message}")
+            elif isinstance(outcome, NotForwarded):
+                if test.expect:
+                    problems.append(f"not forwarded ({outcome.reason}), expected {len(test.expect)} events")
+            else:
+                events = [json.loads(event.body) for event in outcome.events]
         if not problems and len(events) != len(test.expect):
             problems.append(f"expected {len(test.expect)} events, got {len(events)}")
         for index, (expected, actual) in enumerate(zip(test.expect, events, strict=False)):

@@ -84,7 +84,7 @@ def test_template_fields_hold_the_compiled_template_and_dump_its_source() -> Non
 
 def test_templates_of_a_config_are_compiled_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Loading a template source compiles each template once; building its runtime compiles none again."""
-    from bridge.runtime import sources as build_sources
+    from bridge.intake import sources as build_sources
 
     compiled: list[str] = []
     original = templating.Engine.compile
@@ -98,11 +98,7 @@ def test_templates_of_a_config_are_compiled_once(monkeypatch: pytest.MonkeyPatch
     cfg = Config.model_validate({"sources": {"s": source}, "alertmanager": {"title": "{{ alert.status }}"}})
     assert sorted(compiled) == ["event_status", "labels.a", "title", "title"]
     compiled.clear()
-    from prometheus_client import CollectorRegistry
-
-    from bridge.metrics import Metrics
-
-    build_sources(cfg, Metrics(CollectorRegistry()))
+    build_sources(cfg)
     assert compiled == []
 
 

@@ -6,20 +6,18 @@ import re
 from datetime import UTC, datetime
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from bridge import contract, limits, mapping
 from bridge.config import AlertmanagerConfig
 from bridge.mapping import Mapper
-from bridge.metrics import Metrics
 from bridge.models import Alert
+from bridge.notes import Notes
 from bridge.sources import alertmanager
 from tests.conftest import payload
 
 
-def make(config: AlertmanagerConfig | None = None) -> tuple[Mapper, CollectorRegistry]:
-    registry = CollectorRegistry()
-    return Mapper(config or AlertmanagerConfig(), Metrics(registry)), registry
+def make(config: AlertmanagerConfig | None = None) -> tuple[Mapper, Notes]:
+    return Mapper(config or AlertmanagerConfig()), Notes()
 
 
 def firing(labels: dict[str, str], annotations: dict[str, str] | None = None, **kw: object) -> Alert:
@@ -74,23 +72,23 @@ def test_severity_table_and_default_are_configurable() -> None:
 
 def test_alert_key_is_the_fingerprint_namespaced_and_equal_for_firing_and_resolved() -> None:
     """Firing and resolved alerts with the same labels share one key, prefixed by the source."""
-    mapper, _ = make()
+    mapper, notes = make()
     labels = {"alertname": "X", "instance": "a"}
-    key = mapper.alert_key(firing(labels))
+    key = mapper.alert_key(firing(labels), notes)
     assert key == f"alertmanager:{alertmanager.fingerprint(labels)}"
-    assert mapper.alert_key(firing(labels, status="resolved")) == key
+    assert mapper.alert_key(firing(labels, status="resolved"), notes) == key
 
 
 def test_overlong_fingerprint_is_hashed_not_cut_so_keys_stay_distinct() -> None:
     """Two 300-character fingerprints that differ at the end give two different keys ≤ 255."""
-    mapper, registry = make()
+    mapper, notes = make()
     base = firing({"alertname": "X"})
     one = Alert(**{**{f: getattr(base, f) for f in base.__slots__}, "fingerprint": "f" * 299 + "1"})  # type: ignore[arg-type]
     two = Alert(**{**{f: getattr(base, f) for f in base.__slots__}, "fingerprint": "f" * 299 + "2"})  # type: ignore[arg-type]
-    key_one, key_two = mapper.alert_key(one), mapper.alert_key(two)
+    key_one, key_two = mapper.alert_key(one, notes), mapper.alert_key(two, notes)
     assert key_one != key_two
     assert len(key_one) <= contract.ALERT_KEY_MAX and len(key_two) <= contract.ALERT_KEY_MAX
-    assert registry.get_sample_value("flashduty_bridge_truncations_total", {"field": "alert_key"}) == 2
+    assert notes.truncations["alert_key"] == 2
 
 
 @pytest.mark.parametrize(
@@ -106,149 +104,151 @@ def test_overlong_fingerprint_is_hashed_not_cut_so_keys_stay_distinct() -> None:
 )
 def test_title_is_a_literal_one_line_title(labels: dict[str, str], annotations: dict[str, str], title: str) -> None:
     """Titles come from alertname and summary, fall back to the target, and are one line."""
-    mapper, _ = make()
-    assert mapper.title(firing(labels, annotations)) == title
+    mapper, notes = make()
+    assert mapper.title(firing(labels, annotations), notes) == title
 
 
 def test_title_without_any_name_uses_the_fingerprint() -> None:
     """An alert with no alertname and no summary still gets a non-empty, identifying title."""
-    mapper, _ = make()
+    mapper, notes = make()
     alert = firing({"foo": "bar"})
-    assert mapper.title(alert) == f"Alert {alert.fingerprint}"
+    assert mapper.title(alert, notes) == f"Alert {alert.fingerprint}"
 
 
 @pytest.mark.parametrize("summary", ["[TPL]${secret}", "[tpl] {{.Labels.x}}"])
 def test_tpl_prefix_is_neutralised_unless_allowed(summary: str) -> None:
     """A title that would start with [TPL] is made literal; allow_tpl_titles passes it through."""
-    mapper, _ = make()
-    title = mapper.title(firing({}, {"summary": summary}))
+    mapper, notes = make()
+    title = mapper.title(firing({}, {"summary": summary}), notes)
     assert not title.upper().startswith("[TPL]")
     assert title.startswith("(TPL)")
     allowed, _ = make(AlertmanagerConfig(allow_tpl_titles=True))
-    assert allowed.title(firing({}, {"summary": summary})) == summary
+    assert allowed.title(firing({}, {"summary": summary}), Notes()) == summary
 
 
 def test_title_is_cut_to_512_code_points_and_counted() -> None:
     """A 600-character CJK summary is cut to 512 characters (not bytes) with an ellipsis."""
-    mapper, registry = make()
-    title = mapper.title(firing({}, {"summary": "告" * 600}))
+    mapper, notes = make()
+    title = mapper.title(firing({}, {"summary": "告" * 600}), notes)
     assert len(title) == contract.TITLE_MAX
     assert title.endswith("…")
     assert len(title.encode()) > contract.TITLE_MAX  # bytes would have cut far earlier
-    assert registry.get_sample_value("flashduty_bridge_truncations_total", {"field": "title_rule"}) == 1
+    assert notes.truncations["title_rule"] == 1
 
 
 def test_description_prefers_description_then_message_then_summary() -> None:
     """The description annotation wins; message and summary are fallbacks."""
-    mapper, _ = make()
-    assert mapper.description(firing({}, {"summary": "s", "message": "m", "description": "d"})) == "d"
-    assert mapper.description(firing({}, {"summary": "s", "message": "m"})) == "m"
-    assert mapper.description(firing({}, {"summary": "s"})) == "s"
-    assert mapper.description(firing({})) == ""
+    mapper, notes = make()
+    assert mapper.description(firing({}, {"summary": "s", "message": "m", "description": "d"}), notes) == "d"
+    assert mapper.description(firing({}, {"summary": "s", "message": "m"}), notes) == "m"
+    assert mapper.description(firing({}, {"summary": "s"}), notes) == "s"
+    assert mapper.description(firing({}), notes) == ""
 
 
 def test_description_keeps_runbook_and_source_links_when_the_text_is_cut() -> None:
     """A 5,000-character description is cut so the runbook and source links still fit in 2,048."""
-    mapper, registry = make()
+    mapper, notes = make()
     alert = firing({}, {"description": "🔥" * 5000, "runbook_url": "https://rb/1"}, generator_url="http://prom/g")
-    text = mapper.description(alert)
+    text = mapper.description(alert, notes)
     assert len(text) == contract.DESCRIPTION_MAX
     assert text.endswith("…\n\nRunbook: https://rb/1\nSource: http://prom/g")
-    assert registry.get_sample_value("flashduty_bridge_truncations_total", {"field": "description"}) == 1
+    assert notes.truncations["description"] == 1
 
 
 def test_labels_include_annotations_after_the_alert_labels() -> None:
     """Labels are the alert's labels, identity first, then annotations (summary first)."""
-    mapper, _ = make()
-    out = mapper.labels(firing({"zone": "a", "job": "node", "alertname": "X"}, {"zzz": "1", "summary": "s"}))
+    mapper, notes = make()
+    out = mapper.labels(firing({"zone": "a", "job": "node", "alertname": "X"}, {"zzz": "1", "summary": "s"}), notes)
     assert list(out) == ["alertname", "job", "zone", "summary", "zzz"]
 
 
 def test_fifty_label_cap_keeps_identity_labels_and_counts_the_dropped() -> None:
     """With 70 labels the identity labels survive and 20 + annotations are dropped and counted."""
-    mapper, registry = make()
+    mapper, notes = make()
     labels = {f"a{i:02d}": "v" for i in range(66)} | {"alertname": "X", "severity": "info", "instance": "i", "job": "j"}
-    out = mapper.labels(firing(labels, {"summary": "s"}))
+    out = mapper.labels(firing(labels, {"summary": "s"}), notes)
     assert len(out) == contract.LABELS_MAX
     assert {"alertname", "severity", "instance", "job"} <= set(out)
     assert "summary" not in out  # annotations rank below every alert label
-    assert registry.get_sample_value("flashduty_bridge_labels_dropped_total", {"reason": "limit"}) == 71 - 50
+    assert notes.labels_dropped["limit"] == 71 - 50
 
 
 def test_invalid_label_names_are_sanitised_and_collisions_get_a_stable_suffix() -> None:
     """service.name → service_name unless a real service_name exists; then a hashed suffix, never an overwrite."""
-    mapper, registry = make()
-    out = mapper.labels(firing({"service.name": "new", "service_name": "old", "1st": "x", "名前": "a", "名称": "b"}))
+    mapper, notes = make()
+    out = mapper.labels(
+        firing({"service.name": "new", "service_name": "old", "1st": "x", "名前": "a", "名称": "b"}), notes
+    )
     assert out["service_name"] == "old"
     assert out["_1st"] == "x"
     assert sorted(out.values()) == sorted(["new", "old", "x", "a", "b"])
     assert all(limits.LABEL_KEY.fullmatch(key) and len(key) <= contract.LABEL_KEY_MAX for key in out)
     again = make()[0].labels(
-        firing({"service.name": "new", "service_name": "old", "1st": "x", "名前": "a", "名称": "b"})
+        firing({"service.name": "new", "service_name": "old", "1st": "x", "名前": "a", "名称": "b"}), Notes()
     )
     assert again == out  # deterministic
-    assert registry.get_sample_value("flashduty_bridge_label_keys_rewritten_total", {"reason": "collision"}) == 2
-    assert registry.get_sample_value("flashduty_bridge_label_keys_rewritten_total", {"reason": "sanitised"}) == 2
+    assert notes.labels_renamed["collision"] == 2
+    assert notes.labels_renamed["sanitised"] == 2
 
 
 def test_a_label_name_with_a_trailing_newline_is_sanitised_not_passed_through() -> None:
     """A name like "team\\n" is not a Prometheus label name (a regex ending in "$" let it through)."""
-    mapper, registry = make()
-    out = mapper.labels(firing({"alertname": "X", "team\n": "db"}))
+    mapper, notes = make()
+    out = mapper.labels(firing({"alertname": "X", "team\n": "db"}), notes)
     assert out == {"alertname": "X", "team_": "db"}
-    assert registry.get_sample_value("flashduty_bridge_label_keys_rewritten_total", {"reason": "sanitised"}) == 1
+    assert notes.labels_renamed["sanitised"] == 1
 
 
 def test_overlong_label_key_is_cut_to_128_and_value_to_2048() -> None:
     """A 200-character key and a 3,000-character value fit their limits and are counted."""
-    mapper, registry = make()
-    out = mapper.labels(firing({"k" * 200: "v" * 3000}))
+    mapper, notes = make()
+    out = mapper.labels(firing({"k" * 200: "v" * 3000}), notes)
     ((key, value),) = out.items()
     assert len(key) == contract.LABEL_KEY_MAX
     assert len(value) == contract.LABEL_VALUE_MAX
-    assert registry.get_sample_value("flashduty_bridge_truncations_total", {"field": "label_key"}) == 1
-    assert registry.get_sample_value("flashduty_bridge_truncations_total", {"field": "label_value"}) == 1
+    assert notes.truncations["label_key"] == 1
+    assert notes.truncations["label_value"] == 1
 
 
 def test_annotation_repeating_a_label_is_not_duplicated_but_a_different_one_is_kept() -> None:
     """An annotation equal to a same-named label adds nothing; a different value is kept under another key."""
-    mapper, _ = make()
-    assert mapper.labels(firing({"team": "db"}, {"team": "db"})) == {"team": "db"}
-    out = mapper.labels(firing({"team": "db"}, {"team": "storage"}))
+    mapper, notes = make()
+    assert mapper.labels(firing({"team": "db"}, {"team": "db"}), notes) == {"team": "db"}
+    out = mapper.labels(firing({"team": "db"}, {"team": "storage"}), notes)
     assert out["team"] == "db"
     assert "storage" in out.values() and len(out) == 2
 
 
 def test_empty_values_are_left_out() -> None:
     """An empty annotation carries no information and does not take one of the 50 slots."""
-    mapper, _ = make()
-    assert mapper.labels(firing({"a": "1"}, {"summary": ""})) == {"a": "1"}
+    mapper, notes = make()
+    assert mapper.labels(firing({"a": "1"}, {"summary": ""}), notes) == {"a": "1"}
 
 
 def test_event_time_is_starts_at_for_firing_and_ends_at_for_resolved() -> None:
     """event_time is Unix seconds of startsAt (firing) or endsAt (resolved), omitted when unknown."""
-    mapper, _ = make()
+    mapper, notes = make()
     start = int(datetime(2026, 11, 26, 10, 0, tzinfo=UTC).timestamp())
-    assert mapper.event(firing({"a": "1"})).event_time == start
+    assert mapper.event(firing({"a": "1"}), notes).event_time == start
     end = datetime(2026, 11, 26, 10, 5, tzinfo=UTC)
-    assert mapper.event(firing({"a": "1"}, status="resolved", ends_at=end)).event_time == int(end.timestamp())
-    assert mapper.event(firing({"a": "1"}, status="resolved")).event_time is None
+    assert mapper.event(firing({"a": "1"}, status="resolved", ends_at=end), notes).event_time == int(end.timestamp())
+    assert mapper.event(firing({"a": "1"}, status="resolved"), notes).event_time is None
 
 
 def test_lone_surrogates_become_replacement_characters() -> None:
     """JSON may carry a lone \\ud83d; it must not reach the UTF-8 encoder."""
-    mapper, _ = make()
+    mapper, notes = make()
     alert = Alert("alertmanager", "firing", {"alertname": "X\ud83d"}, {"summary": "bad \udc00 text"}, "abc")
-    event = mapper.event(alert)
+    event = mapper.event(alert, notes)
     event.to_json().encode("utf-8")  # would raise on a surrogate
     assert "\ufffd" in event.title_rule
 
 
 def test_fixture_events_are_complete() -> None:
     """Every alert of the real grouped payload maps to an event with all required fields."""
-    mapper, _ = make()
+    mapper, notes = make()
     for alert in alertmanager.parse(payload("alertmanager-firing-grouped.json")):
-        body = mapper.event(alert).to_body()
+        body = mapper.event(alert, notes).to_body()
         assert body["event_status"] == "Critical"
         assert body["title_rule"].startswith("NodeDiskUsageHigh: 节点磁盘使用率过高")
         assert body["alert_key"] == f"alertmanager:{alert.fingerprint}"

@@ -16,12 +16,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
 from bridge.config import AlertmanagerConfig, Config, LabelRules
 from bridge.mapping import Mapper, apply_rules
-from bridge.metrics import Metrics
 from bridge.models import Alert
+from bridge.notes import Notes
 from bridge.routing import Router, Skip, passthrough_destination
 from bridge.sources.alertmanager import fingerprint
 from tests.conftest import TEST_KEY, Bridge, Emulator, wait_for
@@ -147,14 +146,14 @@ def test_label_rules_rename_enrich_add_drop_and_keep_in_order() -> None:
 
 def test_keep_rule_keeps_only_matching_names_and_priority_beats_identity() -> None:
     """keep narrows the labels; priority names survive the 50-label cap first."""
-    registry = CollectorRegistry()
-    mapper = Mapper(AlertmanagerConfig(), Metrics(registry))
+    notes = Notes()
+    mapper = Mapper(AlertmanagerConfig())
     labels = {f"z{i:02d}": "v" for i in range(60)} | {"alertname": "A", "owner": "me"}
-    out = mapper.labels(am_alert(**labels), [LabelRules(priority=("owner",))])
+    out = mapper.labels(am_alert(**labels), Notes(), [LabelRules(priority=("owner",))])
     assert list(out)[:2] == ["owner", "alertname"]
-    kept = mapper.labels(am_alert(**labels), [LabelRules(keep=("alertname|owner",))])
+    kept = mapper.labels(am_alert(**labels), notes, [LabelRules(keep=("alertname|owner",))])
     assert kept == {"alertname": "A", "owner": "me"}
-    assert registry.get_sample_value("flashduty_bridge_labels_dropped_total", {"reason": "rule"}) == 60
+    assert notes.labels_dropped["rule"] == 60
 
 
 # -- through the real processes ----------------------------------------------------------------
@@ -306,20 +305,20 @@ def test_broken_config_is_refused_by_check_config_and_reload_while_the_bridge_ke
 
 def test_route_severity_map_overrides_entries_and_keeps_the_rest() -> None:
     """A route mapping warning to Critical still maps critical and info through the source's table."""
-    mapper = Mapper(AlertmanagerConfig(), Metrics(CollectorRegistry()))
+    mapper = Mapper(AlertmanagerConfig())
     router = Router(config(routes=[{"destination": "default", "severity_map": {"warning": "Critical"}}]))
     (target,) = router.route(am_alert(severity="warning"))
-    assert mapper.event(am_alert(severity="warning"), target).event_status == "Critical"
-    assert mapper.event(am_alert(severity="info"), target).event_status == "Info"
-    assert mapper.event(am_alert(severity="warning")).event_status == "Warning"
+    assert mapper.event(am_alert(severity="warning"), Notes(), target).event_status == "Critical"
+    assert mapper.event(am_alert(severity="info"), Notes(), target).event_status == "Info"
+    assert mapper.event(am_alert(severity="warning"), Notes()).event_status == "Warning"
 
 
 def test_route_severity_map_is_normalised_like_the_sources() -> None:
     """{P1: Critical} on a route maps severity="P1" to Critical, as the same map on the source does."""
-    mapper = Mapper(AlertmanagerConfig(), Metrics(CollectorRegistry()))
+    mapper = Mapper(AlertmanagerConfig())
     routed = config(routes=[{"destination": "default", "severity_map": {" P1 ": "Critical"}}])
     assert routed.routes[0].severity_map == {"p1": "Critical"}
     (target,) = Router(routed).route(am_alert(severity="P1"))
-    assert mapper.event(am_alert(severity="P1"), target).event_status == "Critical"
-    on_source = Mapper(AlertmanagerConfig(severity_map={"P1": "Critical"}), Metrics(CollectorRegistry()))
-    assert on_source.event(am_alert(severity="P1")).event_status == "Critical"
+    assert mapper.event(am_alert(severity="P1"), Notes(), target).event_status == "Critical"
+    on_source = Mapper(AlertmanagerConfig(severity_map={"P1": "Critical"}))
+    assert on_source.event(am_alert(severity="P1"), Notes()).event_status == "Critical"

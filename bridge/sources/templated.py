@@ -8,13 +8,14 @@ Payload text is only ever data (see :mod:`bridge.templating`).
 A template that fails at runtime never loses the alert: the field falls back (a
 generic title, the raw payload excerpt as description, Warning as status, a key
 from the labels), the event carries ``template_error=<fields>`` and the failure is
-counted. Only a body that is not what the ``alerts`` expression needs is rejected.
+reported to ``on_error`` (the request's notes: counted and logged by the receive path,
+shown by ``render``). Only a body that is not what the ``alerts`` expression needs is
+rejected. Nothing here logs or counts by itself.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -26,12 +27,11 @@ from bridge.models import Alert, EventStatus
 from bridge.sources import InvalidPayload
 from bridge.sources.alertmanager import fingerprint
 
-log = logging.getLogger("bridge.templates")
-
 #: How much of the raw payload a fallback description shows.
 EXCERPT_CHARS = 1500
 
-ErrorCounter = Callable[[str, str], None]
+#: Called with (field, message) for every template that failed to render.
+OnError = Callable[[str, str], None]
 
 
 def _excerpt(payload: Any) -> str:
@@ -45,8 +45,8 @@ def _excerpt(payload: Any) -> str:
 class _Renderer:
     """Renders fields for one alert, remembering which failed."""
 
-    def __init__(self, source: str, context: Mapping[str, Any], on_error: ErrorCounter) -> None:
-        self.source, self.context, self.on_error = source, context, on_error
+    def __init__(self, context: Mapping[str, Any], on_error: OnError) -> None:
+        self.context, self.on_error = context, on_error
         self.failed: list[str] = []
 
     def __call__(self, field: str, template: templating.Template | None, fallback: str) -> str:
@@ -56,18 +56,16 @@ class _Renderer:
             return templating.render_text(template, self.context)
         except templating.TemplateError as exc:
             self.failed.append(field)
-            self.on_error(self.source, field)
-            log.warning("template %s of source %s failed, using a fallback: %s", field, self.source, exc)
+            self.on_error(field, str(exc))
             return fallback
 
 
 class TemplateSource:
     """One ``sources.<name>`` entry; its templates were compiled when the config was validated."""
 
-    def __init__(self, name: str, config: TemplateSourceConfig, on_error: ErrorCounter) -> None:
+    def __init__(self, name: str, config: TemplateSourceConfig) -> None:
         self.name = name
         self.config = config
-        self.on_error = on_error
         self.alerts = config.alerts.template if config.alerts else None
         self.expression = config.alerts.text if config.alerts else ""
         self.title = config.title
@@ -97,7 +95,7 @@ class TemplateSource:
         status = mapped or value
         return status if status in EVENT_STATUSES else None  # type: ignore[return-value]
 
-    def parse(self, body: Any, headers: Mapping[str, str], query: Mapping[str, str]) -> list[Alert]:
+    def parse(self, body: Any, headers: Mapping[str, str], query: Mapping[str, str], on_error: OnError) -> list[Alert]:
         alerts = []
         for item in self._items(body, headers, query):
             context = (
@@ -105,7 +103,7 @@ class TemplateSource:
                 if (self.alerts is not None)
                 else templating.template_context(body, headers=headers, query=query)
             )
-            render = _Renderer(self.name, context, self.on_error)
+            render = _Renderer(context, on_error)
             labels = {key: render(f"labels.{key}", template, "") for key, template in self.labels.items()}
             labels = {key: value for key, value in labels.items() if value}
             status_text = render("event_status", self.event_status, "")
@@ -113,12 +111,7 @@ class TemplateSource:
             if status is None:
                 if "event_status" not in render.failed:
                     render.failed.append("event_status")
-                    self.on_error(self.name, "event_status")
-                    log.warning(
-                        "source %s: event_status rendered %r, not a status or a status_map key",
-                        self.name,
-                        status_text[:100],
-                    )
+                    on_error("event_status", f"rendered {status_text[:100]!r}, not a status or a status_map key")
                 status = "Warning"
             key = render("alert_key", self.alert_key, "").strip()
             alert_key = f"{self.name}:{key or fingerprint(labels)}"
@@ -164,21 +157,20 @@ def alert_view(alert: Alert) -> dict[str, Any]:
 class Overrides:
     """``title`` / ``description`` templates that replace a built-in sender's own."""
 
-    def __init__(self, source: str, config: SourceMapping, on_error: ErrorCounter) -> None:
+    def __init__(self, source: str, config: SourceMapping) -> None:
         self.source = source
-        self.on_error = on_error
         self.title = config.title
         self.description = config.description
 
     def apply(
-        self, alerts: list[Alert], body: Any, headers: Mapping[str, str], query: Mapping[str, str]
+        self, alerts: list[Alert], body: Any, headers: Mapping[str, str], query: Mapping[str, str], on_error: OnError
     ) -> list[Alert]:
         if self.title is None and self.description is None:
             return alerts
         out = []
         for alert in alerts:
             context = templating.template_context(body, headers=headers, query=query, alert=alert_view(alert))
-            render = _Renderer(self.source, context, self.on_error)
+            render = _Renderer(context, on_error)
             title = render("title", self.title, "") if self.title else None
             description = render("description", self.description, "") if self.description else None
             out.append(

@@ -7,6 +7,7 @@ signals, durability, limits of the server) is tested through ``tests.conftest.Br
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,6 +34,19 @@ class InProcess:
     def bridge(self) -> Bridge:
         bridge: Bridge = self.app.state.bridge
         return bridge
+
+    async def delivered(self, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """The dry-run destination's events, once it has ``count`` (bounded wait on delivery)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        log = self.bridge.dry_run_log
+        assert log is not None, "not a dry-run bridge"
+        while len(log.sent) < count:
+            if loop.time() > deadline:
+                raise TimeoutError(f"{len(log.sent)} of {count} events delivered after {timeout}s")
+            self.bridge.dispatcher.wake()
+            await asyncio.sleep(0.01)
+        return list(log.sent)
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the samples named ``name`` whose labels include ``labels`` (0.0 when none)."""

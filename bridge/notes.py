@@ -1,0 +1,45 @@
+"""What happened to a request's alerts on their way to events: data, not metrics.
+
+Mapping and templates record here; the receive path turns a request's notes into metrics
+and one log line, in one place (:mod:`bridge.receive`); ``render`` shows them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Notes:
+    """What happened to a request's alerts on their way to events; counts by a closed set of names."""
+
+    #: Field (``title_rule``, ``description``, ``alert_key``, ``label_key``, ``label_value``, ``images``).
+    truncations: Counter[str] = field(default_factory=Counter)
+    #: Reason (``limit``: over the 50-label cap; ``rule``: a drop/keep rule).
+    labels_dropped: Counter[str] = field(default_factory=Counter)
+    #: Reason (``sanitised``, ``collision``).
+    labels_renamed: Counter[str] = field(default_factory=Counter)
+    #: Template field → failures (the event went out with a fallback).
+    template_errors: Counter[str] = field(default_factory=Counter)
+    #: Routing reason (``dropped_by_route``, ``no_route``) → alerts sent nowhere.
+    unrouted: Counter[str] = field(default_factory=Counter)
+    #: The first template failure's message, for the one log line the receive path writes.
+    first_template_error: str = ""
+
+    def template_error(self, field_name: str, message: str) -> None:
+        self.template_errors[field_name] += 1
+        if not self.first_template_error:
+            self.first_template_error = f"{field_name}: {message}"
+
+    def to_json(self) -> dict[str, Any]:
+        """Only what happened (empty counts are left out), for ``render``."""
+        parts = {
+            "truncations": self.truncations,
+            "labels_dropped": self.labels_dropped,
+            "labels_renamed": self.labels_renamed,
+            "template_errors": self.template_errors,
+            "unrouted": self.unrouted,
+        }
+        return {name: dict(counts) for name, counts in parts.items() if counts}

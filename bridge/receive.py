@@ -1,0 +1,244 @@
+"""The HTTP side of intake: receive (every sender) and render, around one pipeline.
+
+What a 200 means: every alert of the request was mapped to a Flashduty event and
+**committed to the outbox on disk**. Delivery happens afterwards, with retries.
+A 4xx means the body can never be accepted (Alertmanager does not retry 4xx). A 503
+means the bridge cannot take it now (outbox full or unwritable), and Alertmanager
+retries 5xx. The bridge never answers 429: Alertmanager would drop the notification.
+
+:func:`receive` runs the stages in order. On the event loop: read the body (bounded),
+authenticate it, read the passthrough key; then the pure stages of :func:`bridge.intake.prepare`
+(decode → parse → route → map); then, on the loop again, store. :func:`count` is the one
+place a request's outcome and notes become metrics (and its template errors one log line);
+:func:`render` runs the same stages without the store, and counts nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from bridge import admin, contract, intake
+from bridge.auth import Unauthorized
+from bridge.config import Config
+from bridge.contract import Rejection
+from bridge.intake import NotForwarded, Prepared, Received, Refused
+from bridge.metrics import Metrics
+from bridge.outbox import OutboxUnavailable
+from bridge.responses import envelope, fast_envelope
+from bridge.routing import passthrough_destination
+from bridge.sources import alertmanager, grafana
+from bridge.sources import standard as standard_module
+
+if TYPE_CHECKING:
+    from bridge.app import Bridge
+
+log = logging.getLogger("bridge.app")
+
+BUILTIN_SOURCES = ("alertmanager", "grafana", "standard")
+#: Methods routed to the standard API's handler, which answers all but POST as Flashduty does.
+STANDARD_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused (BodyTooLarge) before it is read whole when it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and len(declared) < 20 and int(declared) > limit:
+        raise BodyTooLarge(f"body is {int(declared)} bytes, the limit is {limit} (max_body_bytes)")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise BodyTooLarge(f"body exceeds the limit of {limit} bytes (max_body_bytes)")
+    return bytes(raw)
+
+
+def request_headers(request: Request) -> dict[str, str]:
+    """Header names in lower case, each with its first value (as Go's ``Header.Get`` reads them).
+
+    Built from the raw ASGI list in one pass; ``Headers`` looks every name up again.
+    """
+    headers: dict[str, str] = {}
+    for name, value in request.scope["headers"]:
+        headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return headers
+
+
+def request_query(request: Request) -> dict[str, str]:
+    """Query parameters, each with its first value (as Go's ``Query().Get`` reads them)."""
+    query: dict[str, str] = {}
+    raw = request.scope["query_string"]
+    if raw:
+        for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+            query.setdefault(name, value)
+    return query
+
+
+def passthrough_of(config: Config, request: Request) -> str | None:
+    """The key of ``?integration_key=``, when passthrough is on; raises Rejection for an empty or repeated one."""
+    if not config.passthrough or not request.scope["query_string"]:
+        return None
+    given = request.query_params.getlist("integration_key")
+    return contract.check_integration_keys(given).strip() if given else None
+
+
+def count(
+    metrics: Metrics, source: str, outcome: str, prepared: Prepared | None = None, stored: Sequence[bool] = ()
+) -> None:
+    """Turn one received request's outcome and notes into metrics: the only place the receive path counts."""
+    metrics.child(metrics.requests, source, outcome).inc()
+    if prepared is None:
+        return
+    alerts = prepared.alerts
+    if outcome != "accepted":
+        metrics.child(metrics.alerts, source, outcome).inc(alerts)
+        return
+    # Counted per series, not per alert: one increment by n is the same count as n increments.
+    metrics.child(metrics.alerts, source, "accepted").inc(alerts)
+    notes = prepared.notes
+    for reason, n in notes.unrouted.items():
+        metrics.child(metrics.unrouted, source, reason).inc(n)
+    statuses = Counter(event.event_status for event, kept in zip(prepared.events, stored, strict=True) if kept)
+    for status, n in statuses.items():
+        metrics.child(metrics.events, source, status).inc(n)
+    suppressed = len(stored) - statuses.total()
+    if suppressed:
+        metrics.child(metrics.suppressed, source).inc(suppressed)
+    for name, n in notes.truncations.items():
+        metrics.child(metrics.truncations, name).inc(n)
+    for reason, n in notes.labels_dropped.items():
+        metrics.child(metrics.labels_dropped, reason).inc(n)
+    for reason, n in notes.labels_renamed.items():
+        metrics.child(metrics.labels_renamed, reason).inc(n)
+    for name, n in notes.template_errors.items():
+        metrics.child(metrics.template_errors, source, name).inc(n)
+    if notes.template_errors:
+        failed = ", ".join(f"{name} ×{n}" for name, n in notes.template_errors.items())
+        log.warning(
+            "source %s: templates failed (%s), fallbacks used; first: %s", source, failed, notes.first_template_error
+        )
+
+
+async def receive(request: Request, name: str) -> Response:
+    """The receive path of every sender: authenticate, decode, parse, route, map, store, answer."""
+    bridge: Bridge = request.app.state.bridge
+    runtime = bridge.runtime  # this request finishes on the config it started with
+    metrics = bridge.metrics
+    request_id = uuid.uuid4().hex
+    if name not in runtime.sources:
+        return envelope(404, request_id, code="RouteNotFound", message=f"no source {name!r} in the config")
+    try:
+        raw = await read_body(request, runtime.config.max_body_bytes)
+    except BodyTooLarge as exc:
+        count(metrics, name, "too_large")
+        return envelope(413, request_id, code="InvalidParameter", message=str(exc))
+    received = Received(name, raw, request_headers(request), request_query(request))
+    try:
+        intake.authenticate(runtime.intake, received)
+    except Unauthorized as exc:
+        count(metrics, name, "unauthorized")
+        metrics.auth_failures.labels(name, exc.reason).inc()
+        log.warning("refused %s request %s: %s", name, request_id, exc.reason)
+        return envelope(401, request_id, code="Unauthorized", message=exc.reason)
+    try:
+        key = passthrough_of(runtime.config, request)
+    except Rejection as exc:
+        count(metrics, name, "invalid")
+        return envelope(exc.status, request_id, code=exc.code, message=exc.message)
+    if key is not None:
+        received = Received(name, raw, received.headers, received.query, passthrough_destination(key))
+
+    outcome = intake.prepare(runtime.intake, received)
+    if isinstance(outcome, Refused):
+        count(metrics, name, "invalid")
+        log.info("rejected %s request %s: %s", name, request_id, outcome.message)
+        return envelope(outcome.status, request_id, code=outcome.code, message=outcome.message)
+    if isinstance(outcome, NotForwarded):
+        count(metrics, name, "not_forwarded")
+        metrics.not_forwarded.labels(name, outcome.reason).inc()
+        return envelope(200, request_id, data={"accepted": 0, "not_forwarded": outcome.reason})
+
+    if key is not None and outcome.events:
+        await bridge.passthrough(key)
+    try:
+        stored = await bridge.outbox.put(outcome.events)
+    except OutboxUnavailable as exc:
+        count(metrics, name, "unavailable", outcome)
+        log.warning("could not take %s request %s (%d alerts): %s", name, request_id, outcome.alerts, exc)
+        return envelope(503, request_id, code="ServiceUnavailable", message=str(exc))
+    bridge.dispatcher.wake()
+    count(metrics, name, "accepted", outcome, stored)
+    return fast_envelope(200, request_id, data=outcome.answer(stored))
+
+
+async def receive_alertmanager(request: Request) -> Response:
+    """``POST /alertmanager``: Alertmanager webhooks (version 4)."""
+    return await receive(request, alertmanager.SOURCE)
+
+
+async def receive_grafana(request: Request) -> Response:
+    """``POST /grafana``: Grafana contact points (unified, version 1) and legacy Grafana alerting."""
+    return await receive(request, grafana.SOURCE)
+
+
+async def receive_standard(request: Request) -> Response:
+    """``POST /event/push/alert/standard``: Flashduty's own standard API, buffered.
+
+    Every method reaches this handler, so that one other than POST is answered as Flashduty
+    answers it: 400 ``MethodNotAllowed``, before anything else is looked at.
+    """
+    try:
+        contract.check_method(request.method)
+    except Rejection as exc:
+        bridge: Bridge = request.app.state.bridge
+        count(bridge.metrics, standard_module.SOURCE, "invalid")
+        return envelope(exc.status, uuid.uuid4().hex, code=exc.code, message=exc.message)
+    return await receive(request, standard_module.SOURCE)
+
+
+async def receive_template(request: Request) -> Response:
+    """``POST /webhook/{name}``: a template source from the config."""
+    name = request.path_params["name"]
+    if name in BUILTIN_SOURCES:
+        return envelope(404, uuid.uuid4().hex, code="RouteNotFound", message=f"use /{name} for {name}")
+    return await receive(request, name)
+
+
+async def render(request: Request) -> Response:
+    """``POST /-/render/{source}``: the events a payload would become; nothing is stored, sent or counted."""
+    bridge: Bridge = request.app.state.bridge
+    runtime = bridge.runtime
+    request_id = uuid.uuid4().hex
+    token = runtime.config.admin.token.get_secret_value()
+    if token and not admin.bearer_matches(request, token):
+        return envelope(401, request_id, code="Unauthorized", message="missing or wrong bearer token")
+    name = request.path_params["source"]
+    if name not in runtime.sources:
+        return envelope(404, request_id, code="RouteNotFound", message=f"no source {name!r}")
+    try:
+        raw = await read_body(request, runtime.config.max_body_bytes)
+        key = passthrough_of(runtime.config, request)
+    except BodyTooLarge as exc:
+        return envelope(413, request_id, code="InvalidParameter", message=str(exc))
+    except Rejection as exc:
+        return envelope(exc.status, request_id, code=exc.code, message=exc.message)
+    destination = passthrough_destination(key) if key is not None else None
+    outcome = intake.prepare(
+        runtime.intake, Received(name, raw, request_headers(request), request_query(request), destination)
+    )
+    if isinstance(outcome, Refused):
+        return envelope(outcome.status, request_id, code=outcome.code, message=outcome.message)
+    if isinstance(outcome, NotForwarded):
+        return envelope(200, request_id, data={"events": [], "not_forwarded": outcome.reason})
+    return envelope(200, request_id, data=outcome.to_json())
