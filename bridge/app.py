@@ -36,8 +36,8 @@ from bridge.destinations.flashduty import DryRunDestination, Transports
 from bridge.metrics import Metrics
 from bridge.outbox import SqliteOutbox
 from bridge.outbox.dispatcher import Dispatcher
+from bridge.passthrough import PassthroughKeys
 from bridge.responses import envelope
-from bridge.routing import passthrough_destination
 from bridge.runtime import Runtime
 
 log = logging.getLogger("bridge.app")
@@ -57,21 +57,12 @@ class Bridge:
     http: Transports
     runtime: Runtime
     dry_run_log: DryRunDestination | None
+    #: Destinations of keys given in senders' URLs (capped, retired when idle).
+    passthrough: PassthroughKeys
 
     @property
     def config(self) -> Config:
         return self.runtime.config
-
-    async def passthrough(self, key: str) -> str:
-        """The destination for a key given in the sender's URL, created (and remembered) on first use."""
-        name = passthrough_destination(key)
-        if name not in self.dispatcher.lanes:
-            logs.add_secrets([key])
-            # Stored before any event for it is committed, so a restart can still deliver them.
-            await self.outbox.save_passthrough_key(name, key)
-            destination = runtime_module.passthrough(self.config, name, key, self.http)
-            self.dispatcher.add_destinations({name: destination}, {name: self.config.flashduty.rate_limit})
-        return name
 
     def reload(self) -> tuple[bool, str]:
         """Load the config file again; keep the running config if the new one is invalid."""
@@ -176,11 +167,12 @@ def create_app(
         dispatcher = Dispatcher(
             outbox, runtime.destinations, metrics, config.delivery, runtime.rate_limits, clock=clock
         )
-        remembered = await outbox.passthrough_keys()
-        logs.add_secrets(remembered.values())
-        dispatcher.add_destinations(
-            {name: runtime_module.passthrough(config, name, key, http) for name, key in remembered.items()},
-            {name: config.flashduty.rate_limit for name in remembered},
+        passthrough = PassthroughKeys(
+            outbox,
+            dispatcher,
+            metrics,
+            lambda: bridge.config,
+            lambda name, key: runtime_module.passthrough(bridge.config, name, key, http),
         )
         dry_run = runtime.destinations.get(DEFAULT_DESTINATION)
         bridge = Bridge(
@@ -191,7 +183,9 @@ def create_app(
             http,
             runtime,
             dry_run if isinstance(dry_run, DryRunDestination) else None,
+            passthrough,
         )
+        passthrough.restore(await outbox.passthrough_keys())
         app.state.bridge = bridge
         metrics.dry_run.set(1 if config.dry_run else 0)
         metrics.reload_success.set(1)

@@ -61,6 +61,8 @@ DEFAULT_MAX_PENDING = 100_000
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_WORKERS = 8
 DEFAULT_RETRY_HORIZON = 24 * 3600.0
+DEFAULT_PASSTHROUGH_MAX_KEYS = 100
+DEFAULT_PASSTHROUGH_RETIRE_AFTER = 3600.0
 #: The destination of ``flashduty.integration_key``.
 DEFAULT_DESTINATION = "default"
 
@@ -326,6 +328,10 @@ class Config(_Frozen):
     labels: LabelRules = LabelRules()
     #: ``?integration_key=K`` on a sender path sends to K directly (as Flashduty's own URLs do).
     passthrough: bool = True
+    #: Keys from URLs with a destination at once; a new one beyond this is refused with 503.
+    passthrough_max_keys: int = Field(DEFAULT_PASSTHROUGH_MAX_KEYS, ge=0, strict=True)
+    #: A URL key unused this long, with no event stored for it, is forgotten (its lane and series go).
+    passthrough_retire_after: Duration = DEFAULT_PASSTHROUGH_RETIRE_AFTER
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0, strict=True)
     log_level: str = Field("info", pattern=r"^(?i:debug|info|warning|error)$")
     #: Environment variables referenced as ${VAR} that were not set (not part of the file).

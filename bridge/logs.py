@@ -44,6 +44,12 @@ def add_secrets(secrets: Iterable[str]) -> None:
     _redactor.secrets.extend(secret for secret in secrets if secret and secret not in _redactor.secrets)
 
 
+def remove_secrets(secrets: Iterable[str]) -> None:
+    """Stop scrubbing these (a retired passthrough key), so the list stays as small as the keys in use."""
+    gone = set(secrets)
+    _redactor.secrets[:] = [secret for secret in _redactor.secrets if secret not in gone]
+
+
 def setup(level: str, secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))

@@ -178,6 +178,18 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.passthrough_keys = Gauge(
+            f"{p}_passthrough_keys",
+            "Destinations made for integration keys given in senders' URLs (?integration_key=), in use now.",
+            registry=registry,
+        )
+        self.passthrough_refused = Counter(
+            f"{p}_passthrough_refused_total",
+            "Requests with a new ?integration_key= refused (503) because passthrough_max_keys are in use.",
+            ["reason"],
+            registry=registry,
+        )
+        self.passthrough_refused.labels("limit")
         for source in SOURCES:
             for outcome in REQUEST_OUTCOMES:
                 self.requests.labels(source, outcome)
@@ -208,6 +220,29 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*values)
         return found  # type: ignore[return-value]  # stored under this metric: its own child type
+
+    def forget_destination(self, destination: str) -> None:
+        """Remove every series of ``destination`` (a retired passthrough key leaves no series behind)."""
+        per_destination: tuple[tuple[MetricWrapperBase, tuple[str, ...]], ...] = (
+            (self.attempts, ("destination", "outcome", "code")),
+            (self.attempt_duration, ("destination",)),
+            (self.delivery_latency, ("destination",)),
+            (self.coalesced, ("destination",)),
+            (self.rate_limited, ("destination",)),
+            (self.circuit_open, ("destination",)),
+            (self.rate_limit_headroom, ("destination", "window")),
+            (self.dead_lettered, ("destination", "code")),
+        )
+        for metric, names in per_destination:
+            found = {
+                tuple(sample.labels[name] for name in names)
+                for family in metric.collect()
+                for sample in family.samples
+                if sample.labels.get("destination") == destination
+            }
+            for values in found:
+                metric.remove(*values)
+                self._children.pop((metric, *values), None)
 
     def init_destination(self, destination: str) -> None:
         """Create the per-destination series at zero."""

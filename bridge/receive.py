@@ -32,6 +32,7 @@ from bridge.contract import Rejection
 from bridge.intake import NotForwarded, Prepared, Received, Refused
 from bridge.metrics import Metrics
 from bridge.outbox import OutboxUnavailable
+from bridge.passthrough import PassthroughRefused
 from bridge.responses import envelope, fast_envelope
 from bridge.routing import passthrough_destination
 from bridge.sources import alertmanager, grafana
@@ -169,14 +170,25 @@ async def receive(request: Request, name: str) -> Response:
         metrics.not_forwarded.labels(name, outcome.reason).inc()
         return envelope(200, request_id, data={"accepted": 0, "not_forwarded": outcome.reason})
 
+    admitted = None
     if key is not None and outcome.events:
-        await bridge.passthrough(key)
+        try:
+            admitted = await bridge.passthrough.admit(key)
+        except PassthroughRefused as exc:
+            count(metrics, name, "unavailable", outcome)
+            log.warning("could not take %s request %s: %s", name, request_id, exc)
+            response = envelope(503, request_id, code="ServiceUnavailable", message=str(exc))
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
     try:
         stored = await bridge.outbox.put(outcome.events)
     except OutboxUnavailable as exc:
         count(metrics, name, "unavailable", outcome)
         log.warning("could not take %s request %s (%d alerts): %s", name, request_id, outcome.alerts, exc)
         return envelope(503, request_id, code="ServiceUnavailable", message=str(exc))
+    finally:
+        if admitted is not None:
+            bridge.passthrough.release(admitted)
     bridge.dispatcher.wake()
     count(metrics, name, "accepted", outcome, stored)
     return fast_envelope(200, request_id, data=outcome.answer(stored))

@@ -603,6 +603,20 @@ class SqliteOutbox:
             )
         )
 
+    async def forget_passthrough_key(self, destination: str) -> bool:
+        """Forget a URL key unless events are stored for it (pending, or dead letters); True if forgotten."""
+
+        def work(db: sqlite3.Connection, now: float) -> bool:
+            cursor = db.execute(
+                "DELETE FROM passthrough_keys WHERE destination = ?"
+                " AND NOT EXISTS (SELECT 1 FROM heads WHERE destination = ?)"
+                " AND NOT EXISTS (SELECT 1 FROM events WHERE state = 'dead' AND destination = ?)",
+                (destination, destination, destination),
+            )
+            return cursor.rowcount > 0
+
+        return await self._write(work)
+
     async def passthrough_keys(self) -> dict[str, str]:
         rows = await self._run(lambda: self._conn().execute("SELECT * FROM passthrough_keys").fetchall())
         return {row[0]: row[1] for row in rows}
