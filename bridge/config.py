@@ -23,11 +23,10 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -50,6 +49,7 @@ from bridge.fields import (
 )
 from bridge.fields import Duration as Duration  # re-exported: the admin API's older_than
 from bridge.matchers import MatcherList
+from bridge.patterns import RegexPattern
 
 KEY_ENV_VAR = "FLASHDUTY_INTEGRATION_KEY"
 
@@ -231,17 +231,6 @@ class TemplateSourceConfig(_Frozen):
         return value
 
 
-def _compile_regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"invalid regex {value!r}: {exc}") from None
-    return value
-
-
-Regex = Annotated[str, AfterValidator(_compile_regex)]
-
-
 class LabelRules(_Frozen):
     """Label hygiene, applied in this order: rename, enrich, add, drop, keep.
 
@@ -256,10 +245,10 @@ class LabelRules(_Frozen):
     enrich: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     #: Static labels, set on every event (they replace a value the alert had).
     add: dict[str, str] = Field(default_factory=dict)
-    #: Names matching any of these (anchored) regexes are left out.
-    drop: tuple[Regex, ...] = ()
-    #: When given, only names matching one of these (anchored) regexes are kept.
-    keep: tuple[Regex, ...] = ()
+    #: Names matching any of these (anchored, RE2) regexes are left out.
+    drop: tuple[RegexPattern, ...] = ()
+    #: When given, only names matching one of these (anchored, RE2) regexes are kept.
+    keep: tuple[RegexPattern, ...] = ()
     #: Names that survive the 50-label cap first, before the identity labels.
     priority: tuple[str, ...] = ()
 

@@ -19,7 +19,6 @@ truncation, rewritten label key and dropped label is recorded in the request's
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -27,6 +26,7 @@ from bridge import contract, limits
 from bridge.config import LabelRules, SourceMapping
 from bridge.models import Alert, Event, EventStatus
 from bridge.notes import Notes
+from bridge.patterns import Pattern
 
 if TYPE_CHECKING:
     from bridge.routing import Target
@@ -51,8 +51,8 @@ def _suffixed(key: str, original: str, attempt: int) -> str:
     return f"{key[: contract.LABEL_KEY_MAX - 9]}_{digest}"
 
 
-def _matches_any(patterns: Sequence[str], name: str) -> bool:
-    return any(re.fullmatch(pattern, name) for pattern in patterns)
+def _matches_any(patterns: Sequence[Pattern], name: str) -> bool:
+    return any(pattern.fullmatch(name) for pattern in patterns)
 
 
 def _changes_names(rules: Sequence[LabelRules]) -> bool:

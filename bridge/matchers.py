@@ -15,24 +15,23 @@ above exist (``strconv.Unquote`` in the UTF-8 parser rejects ``"\\d"``), and unq
 ``service.name`` are rejected (quote them). Stricter than both: ``{`` and ``}`` must pair (classic trims
 each alone) and an empty matcher between commas is an error.
 
-Regexes are fully anchored like Alertmanager's ``^(?:...)$``, by ``Pattern.fullmatch`` (unlike ``$``
-it never matches before a final newline, and a leading ``(?i)`` keeps working). They are compiled once,
-with Python ``re`` and ``re.ASCII`` so ``\\d \\w \\s \\b`` are ASCII as in Go RE2. What RE2 rejects is
-rejected: backreferences, lookarounds, atomic groups, conditionals, possessive quantifiers, and POSIX
-classes such as ``[[:alpha:]]`` (Python misreads them). Still different: ``(?i)`` folds ASCII only; mid-
-pattern flags, ``(?U)``, ``\\pL`` and ``\\z`` are Go-only; ``\\Z`` and ``{,n}`` are Python-only; ``$`` inside a
-pattern also matches before a final newline in Python.
+Regexes are RE2, the syntax Alertmanager's Go ``regexp`` speaks, run by ``google-re2``
+(:mod:`bridge.patterns`): fully anchored like Alertmanager's ``^(?:...)$``, compiled once, and
+matched in time linear in the label value, whatever the pattern. What RE2 rejects (backreferences,
+lookarounds, atomic groups, possessive quantifiers) is rejected with RE2's own message; what it
+accepts means what it means in Alertmanager (``[[:alpha:]]``, ``\\pL``, ``(?U)``, ASCII ``\\d``).
 """
 
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+
+from bridge.patterns import Pattern, PatternError
 
 __all__ = ["OPERATORS", "Matcher", "MatcherError", "MatcherList", "matches_all", "parse_all", "parse_matchers"]
 
@@ -43,10 +42,6 @@ _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _NAME_TOKEN = re.compile(r"[^\s=!~]+")
 _ESCAPE = re.compile(r"\\([\s\S])")
 _UNESCAPES = {"n": "\n", '"': '"', "\\": "\\"}
-# One regex token: an escape, a whole character class, a Python-only group opener, a {m,n} count, a char.
-_RE_TOKEN = re.compile(r"\\[\s\S]|\[\^?\]?(?:\\[\s\S]|[^\]\\])*\]|\(\?(?:P=|<=|<!|[=!>(])|\{\d+(?:,\d*)?\}|[\s\S]")
-_RE2_GROUPS = dict.fromkeys(["(?=", "(?!", "(?<=", "(?<!"], "lookarounds") | {"(?P=": "backreferences"}
-_RE2_GROUPS |= {"(?>": "atomic groups", "(?(": "conditionals"}
 
 
 class MatcherError(ValueError):
@@ -66,22 +61,6 @@ def _unescape(text: str) -> str:
     return _ESCAPE.sub(lambda m: _UNESCAPES.get(m[1], m[0]), text)
 
 
-def _re2_problem(pattern: str) -> str | None:
-    after_quantifier = False
-    for token in _RE_TOKEN.finditer(pattern):
-        t, at = token.group(), f" at position {token.start()}"
-        if t[0] == "\\" and t[1] in "123456789":
-            return "backreferences are not supported (RE2)" + at
-        if t in _RE2_GROUPS:
-            return f"{_RE2_GROUPS[t]} are not supported (RE2)" + at
-        if t[0] == "[" and re.search(r"\[:\^?[a-z]+:\]", t):
-            return "POSIX classes like [[:alpha:]] are not supported, use e.g. [a-zA-Z]" + at
-        if t == "+" and after_quantifier:
-            return "possessive quantifiers are not supported (RE2)" + at
-        after_quantifier = t in ("*", "+", "?") or (t[0] == "{" and len(t) > 1)
-    return None
-
-
 @dataclass(frozen=True)
 class Matcher:
     """One label matcher; regex values are validated and compiled on construction."""
@@ -89,7 +68,7 @@ class Matcher:
     name: str
     op: str
     value: str
-    _regex: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _regex: Pattern | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -98,20 +77,16 @@ class Matcher:
             raise MatcherError(str(self), "unknown operator", hint="expected one of =, !=, =~, !~")
         if self.op in ("=~", "!~"):
             try:
-                with warnings.catch_warnings():  # "possible nested set": Go reads "[[a]" the same way
-                    warnings.simplefilter("ignore", FutureWarning)
-                    regex = re.compile(self.value, re.ASCII)
-            except re.error as exc:
-                raise MatcherError(str(self), f"invalid regex: {exc}") from None
-            if (problem := _re2_problem(self.value)) is not None:
-                raise MatcherError(str(self), f"invalid regex: {problem}")
+                regex = Pattern(self.value)
+            except PatternError as exc:
+                raise MatcherError(str(self), f"invalid regex: {exc} (RE2 syntax)") from None
             object.__setattr__(self, "_regex", regex)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         """Whether ``labels`` satisfy this matcher; an absent label counts as the empty string."""
         actual = labels.get(self.name, "")
         if self._regex is not None:
-            return (self._regex.fullmatch(actual) is not None) == (self.op == "=~")
+            return self._regex.fullmatch(actual) == (self.op == "=~")
         return (actual == self.value) == (self.op == "=")
 
     def __str__(self) -> str:
