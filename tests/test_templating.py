@@ -496,3 +496,30 @@ def test_calling_through_an_unsafe_attribute_is_a_security_error() -> None:
     """The classic __subclasses__() chain is refused as a security error, not a crash."""
     with pytest.raises(TemplateSecurityError, match="__class__"):
         render("{{ ''.__class__.__mro__[1].__subclasses__() }}")
+
+
+def test_a_percent_format_from_the_payload_is_sized_in_linear_time() -> None:
+    """A format string from the sender with many unclosed "%(" once took quadratic time to size up.
+
+    Checked in a child bounded by a generous timeout (the old pattern needed about 20 minutes for
+    this input); no timing is asserted.
+    """
+    import subprocess
+    import sys
+
+    script = (
+        "from bridge.templating import Limits\n"
+        "from bridge.templating.sandbox import check_percent\n"
+        "fmt = ('%(' + 'a') * 300_000 + ')'\n"
+        "check_percent(fmt, {}, Limits(max_value=10**9))\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_a_percent_key_with_parentheses_is_sized_as_the_widest_conversion() -> None:
+    """%(a(b))99999s cannot be parsed linearly: it is then counted conservatively, and refused."""
+    with pytest.raises(TemplateError, match="% format result"):
+        render("{{ payload.fmt % payload.vals }}", {"fmt": "%(a(b))999999s" * 3, "vals": {"a(b)": "x"}})
+    assert render("{{ payload.fmt % payload.vals }}", {"fmt": "%(a(b))s!", "vals": {"a(b)": "x"}}) == "x!"

@@ -43,7 +43,10 @@ from bridge.templating.budget import Limits, TemplateError, TemplateLimitError, 
 
 #: Bits an integer built by ``*`` or ``**`` may have (bigger ones only burn CPU).
 _MAX_INT_BITS = 4096
-_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0 +-]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[a-zA-Z%]")
+#: One % conversion. A mapping key holds no parenthesis here, so a scan for it stops at the next
+#: one: linear in the format (``[^)]*`` rescanned the rest of the text from every "%(").
+_PERCENT_SPEC = re.compile(r"%(\([^()]*\))?[#0 +-]*(\*|[0-9]+)?(?:\.(\*|[0-9]+))?[hlL]?[a-zA-Z%]")
+_DIGITS = re.compile(r"[0-9]+")
 #: Filters that turn their input into text first, so a big container is refused up front.
 _STRINGIFYING = frozenset(
     {
@@ -94,18 +97,26 @@ def _replace_size(text: str, old: Any, new: Any, count: Any) -> int:
 
 
 def _spec_width(spec: str) -> int:
-    numbers = re.findall(r"\d+", spec)
+    numbers = _DIGITS.findall(spec)
     if any(len(number) > 9 for number in numbers):
         return 10**10
     return max((int(number) for number in numbers), default=0)
 
 
 def check_percent(fmt: str, values: Any, limits: Limits) -> None:
-    """Refuse ``fmt % values`` when its widths or repeated arguments would build too much."""
-    specs = _PERCENT_SPEC.findall(fmt)
+    """Refuse ``fmt % values`` when its widths or repeated arguments would build too much.
+
+    Linear in ``fmt``. A mapping key with parentheses inside (``%(a(b))s``) is not parsed: then
+    every ``%`` counts as a conversion as wide as the widest number anywhere in ``fmt``.
+    """
+    found = _PERCENT_SPEC.findall(fmt)
+    specs = [(width, precision) for _, width, precision in found]
     if any("*" in (width, precision) for width, precision in specs):
         raise TemplateLimitError("'*' widths in % formats are not allowed")
     widest = max((_spec_width(f"{width} {precision}") for width, precision in specs), default=0)
+    if sum(1 for key, _, _ in found if key) < fmt.count("%("):  # a key the pattern could not read
+        specs = [("", "")] * fmt.count("%")
+        widest = _spec_width(fmt)
     items = values.values() if isinstance(values, Mapping) else values if isinstance(values, tuple) else (values,)
     heaviest = max((weight(item, limits.max_value) for item in items), default=0)
     check_size(len(fmt) + len(specs) * (widest + heaviest), limits, "a % format result")
