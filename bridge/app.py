@@ -37,7 +37,7 @@ from bridge.config import load as load_config
 from bridge.destinations.flashduty import DryRunDestination, Transports
 from bridge.emulate import STATUS_BY_CODE
 from bridge.metrics import Metrics
-from bridge.outbox import OutboxUnavailable, SqliteOutbox
+from bridge.outbox import Outbox, OutboxUnavailable, open_outbox
 from bridge.outbox.dispatcher import Dispatcher
 from bridge.responses import envelope, fast_envelope
 from bridge.routing import passthrough_destination
@@ -95,7 +95,7 @@ class Bridge:
 
     config_path: Path | None
     metrics: Metrics
-    outbox: SqliteOutbox
+    outbox: Outbox
     dispatcher: Dispatcher
     http: Transports
     runtime: Runtime
@@ -324,20 +324,19 @@ def create_app(
     config_path: Path | None = None,
     registry: CollectorRegistry | None = None,
     clock: Callable[[], float] = time.time,
+    outbox: Outbox | None = None,
 ) -> Starlette:
-    """Build the Starlette app; the lifespan opens the outbox and starts delivery."""
+    """Build the Starlette app; the lifespan opens the outbox (unless given one, opened) and starts delivery.
+
+    The app owns the outbox either way and closes it at shutdown. ``serve`` opens it before the
+    server starts, so a refused outbox is one line and an exit code, not a failed startup.
+    """
     metrics = Metrics(registry or CollectorRegistry())
+    given = [outbox] if outbox is not None else []  # used by the first lifespan only
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        outbox = SqliteOutbox(
-            config.storage.path,
-            max_pending=config.storage.max_pending,
-            max_age=config.delivery.retry_horizon,
-            refresh_interval=config.delivery.refresh_interval,
-            clock=clock,
-        )
-        await outbox.open()
+        outbox = given.pop() if given else await open_outbox(config.storage, config.delivery, clock=clock)
         http = Transports(config.delivery.workers)
         runtime = runtime_module.build(config, metrics, http)
         dispatcher = Dispatcher(
@@ -372,7 +371,7 @@ def create_app(
             )
         for name, destination in runtime.destinations.items():
             log.info("destination %s: %s", name, getattr(destination, "display_url", "dry run"))
-        log.info("outbox %s open with %d pending events", outbox.path, (await outbox.stats()).pending)
+        log.info("outbox %s open with %d pending events", outbox.location, (await outbox.stats()).pending)
         try:
             yield
         finally:
@@ -381,7 +380,7 @@ def create_app(
             await dispatcher.stop(timeout=min(SHUTDOWN_GRACE_SECONDS, config.flashduty.timeout + 1))
             await http.aclose()
             await outbox.close()
-            log.info("stopped; undelivered events stay queued in %s", outbox.path)
+            log.info("stopped; undelivered events stay queued in %s", outbox.location)
 
     return Starlette(
         routes=[

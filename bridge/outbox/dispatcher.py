@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from bridge.config import DeliveryConfig, RateLimitConfig
 from bridge.destinations import Destination, Outcome, Reason, Verdict
 from bridge.metrics import Metrics
+from bridge.outbox.model import Claimed
 from bridge.outbox.pacing import CircuitBreaker, CircuitState, RateLimiter
-from bridge.outbox.store import Claimed, Outbox
+from bridge.outbox.protocol import Outbox
 
 log = logging.getLogger("bridge.outbox")
 
