@@ -285,11 +285,25 @@ async def healthy(request: Request) -> Response:
     return JSONResponse({"status": "healthy", "version": __version__})
 
 
+def not_ready_reason(bridge: Bridge | None) -> str | None:
+    """Why the bridge cannot take alerts now, or None when it can."""
+    if bridge is None:
+        return "starting"
+    if not bridge.outbox.is_open:
+        return "outbox is not open"
+    if bridge.outbox.health.problem is not None:
+        return f"storage: {bridge.outbox.health.problem}"
+    if not bridge.dispatcher.running:
+        return "delivery workers are not running"
+    return None
+
+
 async def ready(request: Request) -> Response:
-    """Ready only when the outbox is open and the delivery workers run."""
+    """Ready only when the outbox is open and works, and the delivery workers run; 503 says why not."""
     bridge: Bridge | None = getattr(request.app.state, "bridge", None)
-    if bridge is None or not bridge.outbox.is_open or not bridge.dispatcher.running:
-        return JSONResponse({"status": "not ready"}, status_code=503)
+    reason = not_ready_reason(bridge)
+    if reason is not None or bridge is None:
+        return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
     # An open circuit is reported but does not make the bridge unready: it still accepts and
     # stores alerts, which is exactly what a sender needs while Flashduty is down.
     return JSONResponse({"status": "ready", "dry_run": bridge.config.dry_run, "circuits": bridge.dispatcher.circuits()})
@@ -337,6 +351,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         outbox = given.pop() if given else await open_outbox(config.storage, config.delivery, clock=clock)
+        outbox.health.listener = lambda operation: metrics.storage_errors.labels(operation).inc()
         http = Transports(config.delivery.workers)
         runtime = runtime_module.build(config, metrics, http)
         dispatcher = Dispatcher(

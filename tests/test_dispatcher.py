@@ -23,7 +23,7 @@ from bridge.config import CircuitConfig, DeliveryConfig, RateLimitConfig
 from bridge.destinations import Outcome, Reason, Verdict
 from bridge.metrics import Metrics
 from bridge.outbox import ClaimResult, DeadLetterFilter, NewEvent, Outbox, OutboxStats, OutboxUnavailable
-from bridge.outbox.dispatcher import Dispatcher, backoff_delay
+from bridge.outbox.dispatcher import LEASE_SECONDS, Dispatcher, backoff_delay
 from tests.support.clock import FakeClock
 from tests.support.outboxes import BACKENDS, OutboxBackend, backend_under_test
 
@@ -723,6 +723,74 @@ async def test_outbox_gauges_follow_the_backlog(h: Harness) -> None:
     await settle(dispatcher)
     assert h.sample("flashduty_bridge_outbox_pending") == 0
     assert h.sample("flashduty_bridge_outbox_oldest_pending_age_seconds") == 0
+
+
+# -- storage failures ----------------------------------------------------------------------------------
+
+
+async def test_gauges_keep_refreshing_while_claims_fail(h: Harness) -> None:
+    """With every claim failing (a full disk), pending and oldest age still tell the truth and keep moving.
+
+    Regression: the refresh came after the claims in a pass, so a pass that failed at its claim never
+    refreshed them; a bridge restarted on a full disk showed 0 pending with 50 waiting, forever.
+    """
+    await h.put(*((f"k{i}", f"e{i}") for i in range(50)))
+    h.clock.advance(42)
+    h.outbox.failing = {"claim", "probe"}
+    destination = ScriptedDestination()
+    dispatcher = h.dispatcher(destination)
+
+    await until(lambda: h.sample("flashduty_bridge_outbox_pending") == 50, "the pending gauge")
+    await until(lambda: h.sample("flashduty_bridge_outbox_oldest_pending_age_seconds") == 42, "the age gauge")
+    h.clock.advance(10)
+    dispatcher.wake()
+    await until(lambda: h.sample("flashduty_bridge_outbox_oldest_pending_age_seconds") == 52, "the age to move on")
+
+    assert destination.calls == []
+    assert h.outbox.health.problem is not None
+    assert "database or disk is full" in h.outbox.health.problem
+
+
+async def test_a_storage_failure_lasts_until_a_probe_and_a_whole_pass_succeed(h: Harness) -> None:
+    """Failing claims make the outbox unhealthy; it stays so while the probe fails, and recovers, delivering, after."""
+    await h.put(("k1", "a"), ("k2", "b"))
+    h.outbox.failing = {"claim", "probe"}
+    destination = ScriptedDestination()
+    dispatcher = h.dispatcher(destination)
+    await until(lambda: h.outbox.health.problem is not None, "the claim failure to be recorded")
+
+    h.outbox.failing = {"probe"}  # claims would work now, but the storage has not proved it takes writes
+    passes = h.outbox.finished
+    await until(lambda: h.outbox.finished > passes + 2, "a few more passes")
+    assert h.outbox.health.problem is not None
+    assert destination.calls == []
+
+    h.outbox.failing = set()
+    dispatcher.wake()
+    await until(lambda: h.rows() == {}, "the backlog to be delivered")
+    assert h.outbox.health.problem is None
+    assert sorted(destination.calls) == ["a", "b"]
+
+
+async def test_an_ack_that_cannot_be_recorded_keeps_the_event_for_another_attempt(h: Harness) -> None:
+    """The destination took the event but the ack failed: it stays leased, is sent again after the lease, never lost."""
+    await h.put(("k", "once-more"))
+    failures: list[str] = []
+    h.outbox.health.listener = failures.append
+    h.outbox.failing = {"record"}
+    destination = ScriptedDestination()
+    dispatcher = h.dispatcher(destination)
+    await until(lambda: failures == ["record"], "the failed ack to be recorded")
+    h.outbox.failing = set()
+    await settle(dispatcher)
+    assert destination.calls == ["once-more"]  # leased: not sent again before the lease runs out
+    assert set(h.rows()) == {"once-more"}
+
+    h.clock.advance(LEASE_SECONDS)
+    dispatcher.wake()
+    await until(lambda: h.rows() == {}, "the second attempt to be recorded")
+    assert destination.calls == ["once-more", "once-more"]
+    assert h.outbox.health.problem is None
 
 
 # -- stop, unknown destinations, concurrency ---------------------------------------------------------

@@ -205,8 +205,9 @@ class GroupWriter:
                 else OutboxUnavailable(f"outbox write failed: {outcome}")
             )
             if not isinstance(failure, OutboxClosed):
+                cause = failure.__cause__ if isinstance(failure.__cause__, sqlite3.Error) else failure
                 for operation in dict.fromkeys(write.operation for write in batch):
-                    self._health.failed(operation, failure)
+                    self._health.failed(operation, cause)
             for write in batch:
                 if not write.future.done():
                     write.future.set_exception(failure)
