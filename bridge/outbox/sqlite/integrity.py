@@ -12,10 +12,11 @@ naming the file and what to do; ``serve`` prints it and exits with the code of i
   is a new outbox, with a loud warning.
 * **The file is an outbox.** Not an SQLite file, or an SQLite database with other tables or
   another application id: refuse, never write into someone else's file.
-* **The file is healthy.** ``PRAGMA quick_check`` at every open (about 0.3 s warm and 4.5 s
-  from a cold disk cache for 100,000 pending events, 110 MB, on the reference machine):
-  corrupt or truncated pages are refused before any 200 is answered for events that could
-  never be delivered.
+* **The file is healthy.** ``PRAGMA quick_check`` at every open: corrupt or truncated pages
+  are refused before any 200 is answered for events that could never be delivered. It reads
+  the whole file, so it grows with it: for 100,000 pending events (110 MB) it made ``open``
+  take 0.15 s instead of 0.02 s with a warm page cache, and 3.0 s instead of 0.07 s from a
+  cold one (``integrity_check``, which also cross-checks indexes, took twice as long warm).
 """
 
 from __future__ import annotations
