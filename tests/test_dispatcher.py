@@ -115,6 +115,8 @@ class CountingOutbox:
         self.finished = 0
         self.claimed = 0
         self.failing: set[str] = set()
+        #: Called once at the next claim: something else failing meanwhile (say, a put).
+        self.during_claim: Callable[[], None] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -136,6 +138,9 @@ class CountingOutbox:
 
     async def claim(self, destination: str, limit: int, lease_seconds: float, *, coalesce: bool = True) -> ClaimResult:
         self._storage("claim")
+        if self.during_claim is not None:
+            hook, self.during_claim = self.during_claim, None
+            hook()
         result = await self.inner.claim(destination, limit, lease_seconds, coalesce=coalesce)
         self.claimed += len(result.events)
         return result
@@ -770,6 +775,21 @@ async def test_a_storage_failure_lasts_until_a_probe_and_a_whole_pass_succeed(h:
     await until(lambda: h.rows() == {}, "the backlog to be delivered")
     assert h.outbox.health.problem is None
     assert sorted(destination.calls) == ["a", "b"]
+
+
+async def test_a_failure_during_a_pass_is_not_cleared_by_that_pass(h: Harness) -> None:
+    """A put failing while a pass runs keeps the outbox unhealthy: only a later probe and pass may clear it."""
+    await h.put(("k", "e"))
+    h.outbox.failing = {"probe"}
+    h.outbox.during_claim = lambda: h.outbox.inner.health.failed("put", "database or disk is full")
+    destination = ScriptedDestination()
+    dispatcher = h.dispatcher(destination)
+    await until(lambda: h.rows() == {}, "the event to be delivered")
+    passes = h.outbox.finished
+    await until(lambda: h.outbox.finished > passes + 2, "a few more passes")
+    await settle(dispatcher)
+
+    assert h.outbox.health.problem == "probe failed: database or disk is full"  # the next passes probed
 
 
 async def test_an_ack_that_cannot_be_recorded_keeps_the_event_for_another_attempt(h: Harness) -> None:

@@ -183,11 +183,12 @@ class Dispatcher:
     async def _pass(self) -> float | None:
         """One pass over the lanes, after proving a failing storage works again; when to wake (None: now)."""
         health = self.outbox.health
+        failures = health.failures
         if health.problem is not None:
             await self.outbox.probe()  # raises while storage still cannot take a durable write
         wake_at = await self._feed_once()
-        if health.problem is not None:
-            health.recovered()  # a probe and a whole pass of claims and acks went through
+        # A probe and a whole pass of claims went through, and nothing failed meanwhile.
+        health.recovered(failures)
         return wake_at
 
     async def _feed_once(self) -> float | None:

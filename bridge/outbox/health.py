@@ -29,12 +29,15 @@ class StorageHealth:
         self._clock = clock
         self.problem: str | None = None
         self.since: float | None = None
+        #: Failures so far: a proof of recovery counts only if no failure happened while it ran.
+        self.failures = 0
         #: Called with the operation for every failure (the app counts them in a metric).
         self.listener: Callable[[str], None] | None = None
 
     def failed(self, operation: str, error: BaseException | str) -> None:
         """A storage operation failed; the bridge is not ready until ``recovered``."""
         reason = f"{operation} failed: {error}"
+        self.failures += 1
         if self.problem is None:
             self.since = self._clock()
             log.error("storage error (%s): %s; not ready until it works again", operation, error)
@@ -48,9 +51,12 @@ class StorageHealth:
         if self.listener is not None:
             self.listener(operation)
 
-    def recovered(self) -> None:
-        """Storage works again (the caller proved it)."""
-        if self.problem is None:
+    def recovered(self, failures_before: int) -> None:
+        """Storage works again: the caller proved it with work that began when ``failures`` was ``failures_before``.
+
+        A failure recorded meanwhile (a put failing during that work) keeps the problem.
+        """
+        if self.problem is None or self.failures != failures_before:
             return
         since = self.since if self.since is not None else self._clock()
         log.warning("storage works again after %.0fs (last problem: %s)", self._clock() - since, self.problem)
