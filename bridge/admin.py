@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bridge.config import Duration
-from bridge.outbox.store import DeadLetterFilter
+from bridge.outbox import DeadLetterFilter
 from bridge.responses import envelope
 from bridge.sources import describe_validation_error
 

@@ -34,7 +34,7 @@ from bridge.config import DEFAULT_DESTINATION, Config, ConfigError
 from bridge.config import load as load_config
 from bridge.destinations.flashduty import DryRunDestination, Transports
 from bridge.metrics import Metrics
-from bridge.outbox import SqliteOutbox
+from bridge.outbox import Outbox, open_outbox
 from bridge.outbox.dispatcher import Dispatcher
 from bridge.passthrough import PassthroughKeys
 from bridge.responses import envelope
@@ -52,7 +52,7 @@ class Bridge:
 
     config_path: Path | None
     metrics: Metrics
-    outbox: SqliteOutbox
+    outbox: Outbox
     dispatcher: Dispatcher
     http: Transports
     runtime: Runtime
@@ -109,11 +109,25 @@ async def healthy(request: Request) -> Response:
     return JSONResponse({"status": "healthy", "version": __version__})
 
 
+def not_ready_reason(bridge: Bridge | None) -> str | None:
+    """Why the bridge cannot take alerts now, or None when it can."""
+    if bridge is None:
+        return "starting"
+    if not bridge.outbox.is_open:
+        return "outbox is not open"
+    if bridge.outbox.health.problem is not None:
+        return f"storage: {bridge.outbox.health.problem}"
+    if not bridge.dispatcher.running:
+        return "delivery workers are not running"
+    return None
+
+
 async def ready(request: Request) -> Response:
-    """Ready only when the outbox is open and the delivery workers run."""
+    """Ready only when the outbox is open and works, and the delivery workers run; 503 says why not."""
     bridge: Bridge | None = getattr(request.app.state, "bridge", None)
-    if bridge is None or not bridge.outbox.is_open or not bridge.dispatcher.running:
-        return JSONResponse({"status": "not ready"}, status_code=503)
+    reason = not_ready_reason(bridge)
+    if reason is not None or bridge is None:
+        return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
     # An open circuit is reported but does not make the bridge unready: it still accepts and
     # stores alerts, which is exactly what a sender needs while Flashduty is down.
     return JSONResponse({"status": "ready", "dry_run": bridge.config.dry_run, "circuits": bridge.dispatcher.circuits()})
@@ -148,20 +162,20 @@ def create_app(
     config_path: Path | None = None,
     registry: CollectorRegistry | None = None,
     clock: Callable[[], float] = time.time,
+    outbox: Outbox | None = None,
 ) -> Starlette:
-    """Build the Starlette app; the lifespan opens the outbox and starts delivery."""
+    """Build the Starlette app; the lifespan opens the outbox (unless given one, opened) and starts delivery.
+
+    The app owns the outbox either way and closes it at shutdown. ``serve`` opens it before the
+    server starts, so a refused outbox is one line and an exit code, not a failed startup.
+    """
     metrics = Metrics(registry or CollectorRegistry())
+    given = [outbox] if outbox is not None else []  # used by the first lifespan only
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        outbox = SqliteOutbox(
-            config.storage.path,
-            max_pending=config.storage.max_pending,
-            max_age=config.delivery.retry_horizon,
-            refresh_interval=config.delivery.refresh_interval,
-            clock=clock,
-        )
-        await outbox.open()
+        outbox = given.pop() if given else await open_outbox(config.storage, config.delivery, clock=clock)
+        outbox.health.listener = lambda operation: metrics.storage_errors.labels(operation).inc()
         http = Transports(config.delivery.workers)
         runtime = runtime_module.build(config, http)
         dispatcher = Dispatcher(
@@ -199,7 +213,7 @@ def create_app(
             )
         for name, destination in runtime.destinations.items():
             log.info("destination %s: %s", name, getattr(destination, "display_url", "dry run"))
-        log.info("outbox %s open with %d pending events", outbox.path, (await outbox.stats()).pending)
+        log.info("outbox %s open with %d pending events", outbox.location, (await outbox.stats()).pending)
         try:
             yield
         finally:
@@ -208,7 +222,7 @@ def create_app(
             await dispatcher.stop(timeout=min(SHUTDOWN_GRACE_SECONDS, config.flashduty.timeout + 1))
             await http.aclose()
             await outbox.close()
-            log.info("stopped; undelivered events stay queued in %s", outbox.path)
+            log.info("stopped; undelivered events stay queued in %s", outbox.location)
 
     return Starlette(
         routes=[

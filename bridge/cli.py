@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 from bridge import __version__, config, deadletters, logs, preview
+from bridge.outbox import OpenRefused, OutboxInUse, OutboxUnusable, open_outbox
 
 log = logging.getLogger("bridge")
 
@@ -40,6 +43,20 @@ def _storage_problem(path: Path) -> str | None:
     return None
 
 
+#: ``serve`` exit codes when the outbox refuses to start (sysexits.h meanings); 2 is a bad config or path.
+EXIT_OUTBOX_UNUSABLE = 65  # EX_DATAERR: damaged, emptied, deleted, foreign, or from a newer bridge
+EXIT_OUTBOX_UNAVAILABLE = 74  # EX_IOERR: cannot be opened (permissions, I/O error, disk full)
+EXIT_OUTBOX_IN_USE = 75  # EX_TEMPFAIL: another bridge holds it; start again once that one stopped
+
+
+def outbox_exit_code(refused: OpenRefused) -> int:
+    if isinstance(refused, OutboxInUse):
+        return EXIT_OUTBOX_IN_USE
+    if isinstance(refused, OutboxUnusable):
+        return EXIT_OUTBOX_UNUSABLE
+    return EXIT_OUTBOX_UNAVAILABLE
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -63,27 +80,42 @@ def serve(args: argparse.Namespace) -> int:
     for name in cfg.unset_variables:
         log.warning("environment variable %s is not set; it expanded to an empty string", name)
     host, port = config.split_listen(cfg.listen)
-    log.info("flashduty-bridge %s listening on %s", __version__, cfg.listen)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(cfg, config_path=Path(args.config) if args.config else None),
-            host=host,
-            port=port,
-            log_config=None,  # keep our handler (and its redaction)
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=30,
-        )
+    server_config = uvicorn.Config(
+        cast(Any, None),  # set below, once the outbox is open; the config first gives us uvicorn's loop
+        host=host,
+        port=port,
+        log_config=None,  # keep our handler (and its redaction)
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=30,
     )
+
+    async def run() -> int:
+        # The outbox opens before the server starts: a refused outbox (in use, damaged, foreign)
+        # is one line and its own exit code, before anything listens.
+        try:
+            outbox = await open_outbox(cfg.storage, cfg.delivery)
+        except OpenRefused as refused:
+            print(f"error: {refused}", file=sys.stderr)
+            return outbox_exit_code(refused)
+        server_config.app = create_app(cfg, config_path=Path(args.config) if args.config else None, outbox=outbox)
+        server = uvicorn.Server(server_config)
+        log.info("flashduty-bridge %s listening on %s", __version__, cfg.listen)
+        try:
+            await server.serve()
+        finally:
+            await outbox.close()  # the app closed it already, unless it never started
+        return 0 if server.started else 1
+
     # uvicorn re-raises the signal it shut down on, which would end the process with
     # -SIGTERM. A graceful stop is a success: take the re-raised signal and exit 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    server.run()
-    if not server.started:
-        return 1
-    log.info("shut down cleanly")
-    return 0
+    with asyncio.Runner(loop_factory=server_config.get_loop_factory()) as runner:  # uvicorn's own loop
+        code = runner.run(run())
+    if code == 0:
+        log.info("shut down cleanly")
+    return code
 
 
 def check_config(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from bridge import config as config_module
 from bridge.admin import Selection
-from bridge.outbox.store import DeadLetterFilter, OutboxUnavailable, SqliteOutbox
+from bridge.outbox import DeadLetterFilter, OutboxInUse, OutboxUnavailable, open_outbox
 from bridge.sources import describe_validation_error
 
 TOKEN_ENV_VAR = "BRIDGE_ADMIN_TOKEN"
@@ -94,11 +94,11 @@ async def _offline(args: argparse.Namespace, selection: Selection) -> tuple[int,
         cfg = config_module.load(Path(args.config))
     except config_module.ConfigError as exc:
         return 2, {"error": {"code": "InvalidConfig", "message": "; ".join(exc.problems)}}
-    outbox = SqliteOutbox(cfg.storage.path, max_pending=cfg.storage.max_pending)
     try:
-        await outbox.open()
+        outbox = await open_outbox(cfg.storage, cfg.delivery)
     except OutboxUnavailable as exc:
-        return 1, {"error": {"code": "Unavailable", "message": f"{exc}; while it runs, use --url"}}
+        hint = "; while it runs, use --url" if isinstance(exc, OutboxInUse) else ""
+        return 1, {"error": {"code": "Unavailable", "message": f"{exc}{hint}"}}
     try:
         where: DeadLetterFilter = selection.to_filter()
         if args.action in ("list", "show"):

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.metrics import MetricWrapperBase
 
 from bridge import __version__
+from bridge.outbox.health import OPERATIONS as STORAGE_OPERATIONS
 
 PREFIX = "flashduty_bridge"
 
@@ -190,6 +191,14 @@ class Metrics:
             registry=registry,
         )
         self.passthrough_refused.labels("limit")
+        self.storage_errors = Counter(
+            f"{p}_storage_errors_total",
+            "Outbox storage failures (disk full, I/O error, corruption, database lost), by operation.",
+            ["operation"],
+            registry=registry,
+        )
+        for operation in STORAGE_OPERATIONS:
+            self.storage_errors.labels(operation)
         for source in SOURCES:
             for outcome in REQUEST_OUTCOMES:
                 self.requests.labels(source, outcome)

@@ -1,15 +1,16 @@
 """The dispatcher delivers the outbox in per-key order and by priority, backs off, honours Retry-After, paces each
 destination (rate limit, 429 pause, circuit breaker) and dead-letters.
 
-The outbox is a real SQLite file under ``tmp_path``; the destination is a scripted fake that records every call
-and the fake-clock time it was made. The clock is fake: tests advance it and call ``wake()`` instead of waiting.
+The outbox is real, on every backend of ``tests.support.outboxes.BACKENDS``; storage failures are injected at
+its interface, as the outbox reports them (recorded in its health, raised as OutboxUnavailable) — a real full
+disk is in ``test_serve_storage.py``. The destination is a scripted fake that records every call and the
+fake-clock time it was made. The clock is fake: tests advance it and call ``wake()`` instead of waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,10 @@ from prometheus_client import CollectorRegistry
 from bridge.config import CircuitConfig, DeliveryConfig, RateLimitConfig
 from bridge.destinations import Outcome, Reason, Verdict
 from bridge.metrics import Metrics
-from bridge.outbox import NewEvent, OutboxStats, SqliteOutbox
-from bridge.outbox.dispatcher import Dispatcher, backoff_delay
-from bridge.outbox.store import ClaimResult, DeadLetterFilter
+from bridge.outbox import ClaimResult, DeadLetterFilter, NewEvent, Outbox, OutboxStats, OutboxUnavailable
+from bridge.outbox.dispatcher import LEASE_SECONDS, Dispatcher, backoff_delay
 from tests.support.clock import FakeClock
+from tests.support.outboxes import BACKENDS, OutboxBackend, backend_under_test
 
 DEST = "flashduty"
 OK = Outcome(Verdict.OK, Reason.DELIVERED, request_id="req-ok")
@@ -99,30 +100,58 @@ class ScriptedDestination:
             self.active -= 1
 
 
-class CountingOutbox(SqliteOutbox):
-    """The real outbox, counting feeder passes and claimed events.
+class CountingOutbox:
+    """A real outbox, counting feeder passes and claimed events, and failing on request as storage does.
 
     A feeder pass asks for ``destinations()`` first and refreshes ``stats()`` last, so the two counters tell
-    how many passes have started and how many have finished.
+    how many passes have started and how many have finished. Operations named in ``failing`` (``claim``,
+    ``record``, ``probe``) fail as they do on a full disk: recorded in the outbox's health, raised as
+    OutboxUnavailable. Everything else goes to the real outbox.
     """
 
-    passes = 0
-    finished = 0
-    claimed = 0
+    def __init__(self, inner: Outbox) -> None:
+        self.inner = inner
+        self.passes = 0
+        self.finished = 0
+        self.claimed = 0
+        self.failing: set[str] = set()
+        #: Called once at the next claim: something else failing meanwhile (say, a put).
+        self.during_claim: Callable[[], None] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _storage(self, operation: str) -> None:
+        if operation in self.failing:
+            error = "database or disk is full"
+            self.inner.health.failed(operation, error)
+            raise OutboxUnavailable(f"outbox write failed: {error}")
 
     async def destinations(self) -> list[str]:
         self.passes += 1
-        return await super().destinations()
+        return await self.inner.destinations()
 
     async def stats(self) -> OutboxStats:
-        result = await super().stats()
+        result = await self.inner.stats()
         self.finished += 1
         return result
 
     async def claim(self, destination: str, limit: int, lease_seconds: float, *, coalesce: bool = True) -> ClaimResult:
-        result = await super().claim(destination, limit, lease_seconds, coalesce=coalesce)
+        self._storage("claim")
+        if self.during_claim is not None:
+            hook, self.during_claim = self.during_claim, None
+            hook()
+        result = await self.inner.claim(destination, limit, lease_seconds, coalesce=coalesce)
         self.claimed += len(result.events)
         return result
+
+    async def probe(self) -> None:
+        self._storage("probe")
+        await self.inner.probe()
+
+    async def delivered(self, event_id: int) -> None:
+        self._storage("record")
+        await self.inner.delivered(event_id)
 
 
 @dataclass
@@ -131,7 +160,7 @@ class Harness:
     registry: CollectorRegistry
     metrics: Metrics
     outbox: CountingOutbox
-    directory: Path
+    backend: OutboxBackend
     dispatchers: list[Dispatcher]
 
     def dispatcher(
@@ -144,7 +173,7 @@ class Harness:
         """Start a dispatcher over the outbox with the fake clock and a fixed random value."""
         config.setdefault("circuit", NO_CIRCUIT)
         dispatcher = Dispatcher(
-            self.outbox,
+            self.outbox,  # type: ignore[arg-type]  # an Outbox by delegation
             {destination.name: destination},
             self.metrics,
             DeliveryConfig(**config),
@@ -165,13 +194,8 @@ class Harness:
         )
 
     def rows(self) -> dict[str, dict[str, Any]]:
-        """Stored events by body, read with a separate plain sqlite3 connection."""
-        db = sqlite3.connect(self.outbox.path)
-        try:
-            db.row_factory = sqlite3.Row
-            return {row["body"]: dict(row) for row in db.execute("SELECT * FROM events ORDER BY id")}
-        finally:
-            db.close()
+        """Stored events by body, read independently of the outbox."""
+        return {row["body"]: row for row in self.backend.events()}
 
     async def attempt_recorded(self, body: str, attempt: int) -> dict[str, Any]:
         """Wait until ``attempt`` failed attempts of ``body`` are stored; return its row."""
@@ -211,19 +235,23 @@ class Harness:
             await asyncio.sleep(0.001)
 
 
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OutboxBackend]:
+    async with backend_under_test(request.param, tmp_path) as under_test:
+        yield under_test
+
+
 @pytest.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+async def h(backend: OutboxBackend) -> AsyncIterator[Harness]:
     clock = FakeClock()
     registry = CollectorRegistry()
-    directory = tmp_path / "outbox"
-    outbox = CountingOutbox(directory, max_pending=1000, max_age=3600, clock=clock)
+    outbox = CountingOutbox(backend.make(max_pending=1000, max_age=3600, clock=clock))
     await outbox.open()
-    harness = Harness(clock, registry, Metrics(registry), outbox, directory, [])
+    harness = Harness(clock, registry, Metrics(registry), outbox, backend, [])
     yield harness
     for dispatcher in harness.dispatchers:
         await dispatcher.stop(timeout=WAIT_SECONDS)
-    if outbox.is_open:
-        await outbox.close()
+    await outbox.close()
 
 
 async def until(condition: Callable[[], bool | Awaitable[bool]], what: str = "condition") -> None:
@@ -395,16 +423,14 @@ async def test_stored_next_attempt_follows_the_capped_exponential_backoff(h: Har
 
 
 async def head_due(h: Harness, body: str, attempt: int) -> float:
-    """Wait until ``attempt`` failed attempts of ``body`` are stored; return when its key's head is due again."""
+    """Wait until ``attempt`` failed attempts of ``body`` are stored; return when its key's head is due again.
+
+    Only for tests with a single pending key: then the outbox's next due time is that head's.
+    """
     await h.attempt_recorded(body, attempt)
-    db = sqlite3.connect(h.outbox.path)
-    try:
-        (due,) = db.execute(
-            "SELECT h.next_attempt_at FROM heads h JOIN events e ON e.id = h.event_id WHERE e.body = ?", (body,)
-        ).fetchone()
-    finally:
-        db.close()
-    return float(due)
+    due = await h.outbox.next_due()
+    assert due is not None
+    return due
 
 
 async def test_retry_after_longer_than_backoff_is_honoured_and_capped(h: Harness) -> None:
@@ -704,6 +730,89 @@ async def test_outbox_gauges_follow_the_backlog(h: Harness) -> None:
     assert h.sample("flashduty_bridge_outbox_oldest_pending_age_seconds") == 0
 
 
+# -- storage failures ----------------------------------------------------------------------------------
+
+
+async def test_gauges_keep_refreshing_while_claims_fail(h: Harness) -> None:
+    """With every claim failing (a full disk), pending and oldest age still tell the truth and keep moving.
+
+    Regression: the refresh came after the claims in a pass, so a pass that failed at its claim never
+    refreshed them; a bridge restarted on a full disk showed 0 pending with 50 waiting, forever.
+    """
+    await h.put(*((f"k{i}", f"e{i}") for i in range(50)))
+    h.clock.advance(42)
+    h.outbox.failing = {"claim", "probe"}
+    destination = ScriptedDestination()
+    dispatcher = h.dispatcher(destination)
+
+    await until(lambda: h.sample("flashduty_bridge_outbox_pending") == 50, "the pending gauge")
+    await until(lambda: h.sample("flashduty_bridge_outbox_oldest_pending_age_seconds") == 42, "the age gauge")
+    h.clock.advance(10)
+    dispatcher.wake()
+    await until(lambda: h.sample("flashduty_bridge_outbox_oldest_pending_age_seconds") == 52, "the age to move on")
+
+    assert destination.calls == []
+    assert h.outbox.health.problem is not None
+    assert "database or disk is full" in h.outbox.health.problem
+
+
+async def test_a_storage_failure_lasts_until_a_probe_and_a_whole_pass_succeed(h: Harness) -> None:
+    """Failing claims make the outbox unhealthy; it stays so while the probe fails, and recovers, delivering, after."""
+    await h.put(("k1", "a"), ("k2", "b"))
+    h.outbox.failing = {"claim", "probe"}
+    destination = ScriptedDestination()
+    dispatcher = h.dispatcher(destination)
+    await until(lambda: h.outbox.health.problem is not None, "the claim failure to be recorded")
+
+    h.outbox.failing = {"probe"}  # claims would work now, but the storage has not proved it takes writes
+    passes = h.outbox.finished
+    await until(lambda: h.outbox.finished > passes + 2, "a few more passes")
+    assert h.outbox.health.problem is not None
+    assert destination.calls == []
+
+    h.outbox.failing = set()
+    dispatcher.wake()
+    await until(lambda: h.rows() == {}, "the backlog to be delivered")
+    assert h.outbox.health.problem is None
+    assert sorted(destination.calls) == ["a", "b"]
+
+
+async def test_a_failure_during_a_pass_is_not_cleared_by_that_pass(h: Harness) -> None:
+    """A put failing while a pass runs keeps the outbox unhealthy: only a later probe and pass may clear it."""
+    await h.put(("k", "e"))
+    h.outbox.failing = {"probe"}
+    h.outbox.during_claim = lambda: h.outbox.inner.health.failed("put", "database or disk is full")
+    destination = ScriptedDestination()
+    dispatcher = h.dispatcher(destination)
+    await until(lambda: h.rows() == {}, "the event to be delivered")
+    passes = h.outbox.finished
+    await until(lambda: h.outbox.finished > passes + 2, "a few more passes")
+    await settle(dispatcher)
+
+    assert h.outbox.health.problem == "probe failed: database or disk is full"  # the next passes probed
+
+
+async def test_an_ack_that_cannot_be_recorded_keeps_the_event_for_another_attempt(h: Harness) -> None:
+    """The destination took the event but the ack failed: it stays leased, is sent again after the lease, never lost."""
+    await h.put(("k", "once-more"))
+    failures: list[str] = []
+    h.outbox.health.listener = failures.append
+    h.outbox.failing = {"record"}
+    destination = ScriptedDestination()
+    dispatcher = h.dispatcher(destination)
+    await until(lambda: failures == ["record"], "the failed ack to be recorded")
+    h.outbox.failing = set()
+    await settle(dispatcher)
+    assert destination.calls == ["once-more"]  # leased: not sent again before the lease runs out
+    assert set(h.rows()) == {"once-more"}
+
+    h.clock.advance(LEASE_SECONDS)
+    dispatcher.wake()
+    await until(lambda: h.rows() == {}, "the second attempt to be recorded")
+    assert destination.calls == ["once-more", "once-more"]
+    assert h.outbox.health.problem is None
+
+
 # -- stop, unknown destinations, concurrency ---------------------------------------------------------
 
 
@@ -725,7 +834,7 @@ async def test_stop_waits_for_the_inflight_attempt_and_leaves_the_rest_queued(h:
     assert destination.calls == ["inflight"]
     await h.outbox.close()
 
-    reopened = SqliteOutbox(h.directory, max_pending=1000, clock=h.clock)
+    reopened = h.backend.make(max_pending=1000, clock=h.clock)
     await reopened.open()
     try:
         assert (await reopened.stats()).pending == 2
@@ -745,7 +854,7 @@ async def test_stop_cancels_attempts_that_outlast_the_timeout_and_keeps_their_ev
     assert destination.active == 0
     await h.outbox.close()
 
-    reopened = SqliteOutbox(h.directory, max_pending=1000, clock=h.clock)
+    reopened = h.backend.make(max_pending=1000, clock=h.clock)
     await reopened.open()
     try:
         assert [c.body for c in (await reopened.claim(DEST, 10, 30)).events] == ["stuck"]
@@ -816,12 +925,12 @@ async def test_workers_limit_caps_concurrent_attempts(h: Harness) -> None:
     assert await h.outbox.stats() == OutboxStats(pending=0, dead=0, oldest_pending_created_at=None)
 
 
-async def test_default_dispatcher_scans_the_outbox_for_destinations_only_now_and_then(tmp_path: Path) -> None:
+async def test_default_dispatcher_scans_the_outbox_for_destinations_only_now_and_then(backend: OutboxBackend) -> None:
     """With the default intervals, idle passes do not rescan every key nor recount the outbox each time."""
     clock = FakeClock()
-    outbox = CountingOutbox(tmp_path / "scan", max_pending=10, clock=clock)
+    outbox = CountingOutbox(backend.make(max_pending=10, clock=clock))
     await outbox.open()
-    dispatcher = Dispatcher(outbox, {}, Metrics(CollectorRegistry()), DeliveryConfig(), {}, clock=clock)
+    dispatcher = Dispatcher(outbox, {}, Metrics(CollectorRegistry()), DeliveryConfig(), {}, clock=clock)  # type: ignore[arg-type]
     dispatcher.start()
     try:
         for _ in range(20):

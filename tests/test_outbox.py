@@ -1,71 +1,40 @@
-"""The SQLite outbox commits durably, suppresses repeats, claims heads by priority, coalesces and expires them,
-keeps per-key FIFO order, and manages dead letters (list, replay, purge).
+"""The outbox contract: every backend commits durably, suppresses repeats, claims heads by priority, coalesces and
+expires them, keeps per-key FIFO order, and manages dead letters (list, replay, purge).
 
-Every test uses a real SQLite file under ``tmp_path`` and a fake clock.
+Every test runs once per backend in ``tests.support.outboxes.BACKENDS``, on real storage of its own, with a fake
+clock. What only one backend promises (SQLite's lock file, WAL, group commit, migrations) is tested in
+``test_outbox_<backend>.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bridge.outbox import Claimed, NewEvent, OutboxFull, OutboxStats, OutboxUnavailable, SqliteOutbox, store
-from bridge.outbox.store import ClaimResult, DeadLetterFilter, ReplayResult
+from bridge.outbox import (
+    Claimed,
+    DeadLetterFilter,
+    Outbox,
+    OutboxFull,
+    OutboxStats,
+    OutboxUnavailable,
+    ReplayResult,
+)
 from tests.support.clock import FakeClock
+from tests.support.outboxes import BACKENDS, DEST, OutboxBackend, backend_under_test, bodies, claim, ev
 
-DEST = "flashduty"
 ALL = DeadLetterFilter()
 
-OutboxFactory = Callable[..., Awaitable[SqliteOutbox]]
+OutboxFactory = Callable[..., Awaitable[Outbox]]
 
 
-class CountingClock(FakeClock):
-    """A clock that ticks one second every time it is read, so each read is distinguishable."""
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
-def ev(alert_key: str, body: str, *, destination: str = DEST, status: str = "Critical", digest: str = "") -> NewEvent:
-    return NewEvent(
-        destination=destination,
-        alert_key=alert_key,
-        source="alertmanager",
-        event_status=status,
-        body=body,
-        digest=digest,
-    )
-
-
-def rows(path: Path) -> list[dict[str, Any]]:
-    """Every stored event, read with a separate plain sqlite3 connection."""
-    db = sqlite3.connect(path)
-    try:
-        db.row_factory = sqlite3.Row
-        return [dict(row) for row in db.execute("SELECT * FROM events ORDER BY id")]
-    finally:
-        db.close()
-
-
-def bodies(claimed: list[Claimed] | ClaimResult) -> list[str]:
-    events = claimed.events if isinstance(claimed, ClaimResult) else claimed
-    return [c.body for c in events]
-
-
-async def claim(box: SqliteOutbox, limit: int = 10, lease: float = 30, destination: str = DEST) -> list[Claimed]:
-    """The events of one claim (what the claim cleaned up on the way is ignored)."""
-    return (await box.claim(destination, limit, lease)).events
-
-
-async def id_of(box: SqliteOutbox, body: str) -> int:
+def id_of(backend: OutboxBackend, body: str) -> int:
     """The id of the stored event with ``body``."""
-    (event_id,) = [row["id"] for row in rows(box.path) if row["body"] == body]
+    (event_id,) = [row["id"] for row in backend.events() if row["body"] == body]
     return int(event_id)
 
 
@@ -74,41 +43,45 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-async def make_outbox(tmp_path: Path, clock: FakeClock) -> AsyncIterator[OutboxFactory]:
-    """Factory: an open SqliteOutbox under ``tmp_path/outbox`` with the fake clock; closed after the test."""
-    opened: list[SqliteOutbox] = []
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OutboxBackend]:
+    async with backend_under_test(request.param, tmp_path) as under_test:
+        yield under_test
 
-    async def make(**options: Any) -> SqliteOutbox:
+
+@pytest.fixture
+async def make_outbox(backend: OutboxBackend, clock: FakeClock) -> AsyncIterator[OutboxFactory]:
+    """Factory: an open outbox on the backend's storage with the fake clock; closed after the test."""
+    opened: list[Outbox] = []
+
+    async def make(**options: Any) -> Outbox:
         options = {"max_pending": 1000, "clock": clock, **options}
-        box = SqliteOutbox(tmp_path / "outbox", **options)
+        box = backend.make(**options)
         await box.open()
         opened.append(box)
         return box
 
     yield make
     for box in opened:
-        if box.is_open:
-            await box.close()
+        await box.close()
 
 
 @pytest.fixture
-async def outbox(make_outbox: OutboxFactory) -> SqliteOutbox:
+async def outbox(make_outbox: OutboxFactory) -> Outbox:
     return await make_outbox()
 
 
 # -- durability -----------------------------------------------------------------------------
 
 
-async def test_put_commits_events_that_survive_close_and_reopen(tmp_path: Path, clock: FakeClock) -> None:
-    """Events committed by put are found by a new SqliteOutbox opened on the same directory."""
-    directory = tmp_path / "outbox"
-    first = SqliteOutbox(directory, max_pending=10, clock=clock)
+async def test_put_commits_events_that_survive_close_and_reopen(backend: OutboxBackend, clock: FakeClock) -> None:
+    """Events committed by put are found by a new outbox opened on the same storage."""
+    first = backend.make(max_pending=10, clock=clock)
     await first.open()
     assert await first.put([ev("k1", "one"), ev("k2", "two", status="Ok")]) == [True, True]
     await first.close()
 
-    second = SqliteOutbox(directory, max_pending=10, clock=clock)
+    second = backend.make(max_pending=10, clock=clock)
     await second.open()
     try:
         assert (await second.stats()).pending == 2
@@ -122,75 +95,72 @@ async def test_put_commits_events_that_survive_close_and_reopen(tmp_path: Path, 
         await second.close()
 
 
-async def test_database_file_uses_wal_journal_mode(outbox: SqliteOutbox) -> None:
-    """The outbox file is in WAL mode as seen by an independent sqlite3 connection."""
-    await outbox.put([ev("k", "x")])
-    db = sqlite3.connect(outbox.path)
-    try:
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    finally:
-        db.close()
-
-
-async def test_reopening_clears_leases_left_by_a_previous_process(tmp_path: Path, clock: FakeClock) -> None:
-    """A lease taken before close does not block the event after the outbox is opened again."""
-    directory = tmp_path / "outbox"
-    first = SqliteOutbox(directory, max_pending=10, clock=clock)
-    await first.open()
-    await first.put([ev("k", "leased")])
-    assert bodies(await claim(first, lease=300)) == ["leased"]
-    assert await claim(first, lease=300) == []
-    await first.close()
-
-    second = SqliteOutbox(directory, max_pending=10, clock=clock)
-    await second.open()
-    try:
-        assert bodies(await claim(second, lease=300)) == ["leased"]  # clock did not move: the lease was cleared
-    finally:
-        await second.close()
-
-
-async def test_second_outbox_on_the_same_directory_fails_to_open(tmp_path: Path, clock: FakeClock) -> None:
-    """The lock file stops a second SqliteOutbox from opening a directory that is in use."""
-    directory = tmp_path / "outbox"
-    first = SqliteOutbox(directory, max_pending=10, clock=clock)
-    await first.open()
-    intruder = SqliteOutbox(directory, max_pending=10, clock=clock)
-    try:
-        with pytest.raises(OutboxUnavailable, match="in use"):
-            await intruder.open()
-        assert not intruder.is_open
-        await first.put([ev("k", "still works")])  # the owner is unaffected
-    finally:
-        await intruder.close()
-        await first.close()
-
-    successor = SqliteOutbox(directory, max_pending=10, clock=clock)
-    await successor.open()  # the lock is released on close
-    try:
-        assert (await successor.stats()).pending == 1
-    finally:
-        await successor.close()
-
-
-async def test_put_after_close_raises_outbox_unavailable(outbox: SqliteOutbox) -> None:
+async def test_put_after_close_raises_outbox_unavailable(outbox: Outbox) -> None:
     """A closed outbox refuses new events with OutboxUnavailable instead of losing them."""
     await outbox.close()
     with pytest.raises(OutboxUnavailable):
         await outbox.put([ev("k", "late")])
 
 
-async def test_put_of_nothing_returns_an_empty_list(outbox: SqliteOutbox) -> None:
+async def test_put_of_nothing_returns_an_empty_list(backend: OutboxBackend, outbox: Outbox) -> None:
     """put([]) stores nothing and says so with an empty result."""
     assert await outbox.put([]) == []
-    assert rows(outbox.path) == []
+    assert backend.events() == []
+
+
+async def test_an_outbox_says_where_it_is_opens_and_closes_twice_safely(backend: OutboxBackend) -> None:
+    """location names the storage, is_open follows open and close, and a second close is harmless."""
+    box = backend.make(max_pending=10)
+    assert not box.is_open
+    await box.open()
+    assert box.is_open
+    assert box.location
+    await box.close()
+    assert not box.is_open
+    await box.close()
+
+
+async def test_passthrough_keys_are_remembered_across_a_reopen(backend: OutboxBackend) -> None:
+    """A key from a sender's URL is stored once and listed again by a new outbox on the same storage."""
+    first = backend.make(max_pending=10)
+    await first.open()
+    await first.save_passthrough_key("passthrough-1", "key-one")
+    await first.save_passthrough_key("passthrough-1", "key-one")
+    await first.save_passthrough_key("passthrough-2", "key-two")
+    await first.close()
+
+    second = backend.make(max_pending=10)
+    await second.open()
+    try:
+        assert await second.passthrough_keys() == {"passthrough-1": "key-one", "passthrough-2": "key-two"}
+    finally:
+        await second.close()
+
+
+async def test_a_working_outbox_probes_fine_and_reports_no_problem(outbox: Outbox) -> None:
+    """probe() commits on healthy storage, and health has no problem to report."""
+    await outbox.probe()
+    await outbox.put([ev("k", "after the probe")])
+    assert outbox.health.problem is None
+    assert (await outbox.stats()).pending == 1
+
+
+async def test_operations_on_a_closed_outbox_raise_outbox_unavailable_without_a_storage_problem(
+    outbox: Outbox,
+) -> None:
+    """A closed outbox refuses every operation with OutboxUnavailable; being closed is not a storage failure."""
+    await outbox.close()
+    for operation in (outbox.stats(), outbox.claim(DEST, 1, 30), outbox.probe(), outbox.dead_letters(ALL)):
+        with pytest.raises(OutboxUnavailable):
+            await operation
+    assert outbox.health.problem is None
 
 
 # -- suppression of unchanged repeats ------------------------------------------------------------
 
 
 async def test_repeat_with_the_same_digest_within_refresh_interval_is_suppressed(
-    make_outbox: OutboxFactory, clock: FakeClock
+    backend: OutboxBackend, make_outbox: OutboxFactory, clock: FakeClock
 ) -> None:
     """A digest equal to the key's last accepted one within refresh_interval: put returns False and stores nothing."""
     box = await make_outbox(refresh_interval=300)
@@ -199,22 +169,24 @@ async def test_repeat_with_the_same_digest_within_refresh_interval_is_suppressed
 
     assert await box.put([ev("k", "repeat", digest="d1")]) == [False]
 
-    assert [row["body"] for row in rows(box.path)] == ["first"]
+    assert [row["body"] for row in backend.events()] == ["first"]
     assert (await box.stats()).pending == 1
 
 
-async def test_repeat_after_refresh_interval_is_stored(make_outbox: OutboxFactory, clock: FakeClock) -> None:
+async def test_repeat_after_refresh_interval_is_stored(
+    backend: OutboxBackend, make_outbox: OutboxFactory, clock: FakeClock
+) -> None:
     """Once refresh_interval has passed since the last accepted event, the same digest is stored again."""
     box = await make_outbox(refresh_interval=300)
     await box.put([ev("k", "first", digest="d1")])
     clock.advance(300)
 
     assert await box.put([ev("k", "refresh", digest="d1")]) == [True]
-    assert [row["body"] for row in rows(box.path)] == ["first", "refresh"]
+    assert [row["body"] for row in backend.events()] == ["first", "refresh"]
 
 
 async def test_suppressed_repeats_do_not_extend_the_refresh_interval(
-    make_outbox: OutboxFactory, clock: FakeClock
+    backend: OutboxBackend, make_outbox: OutboxFactory, clock: FakeClock
 ) -> None:
     """The interval runs from the last *accepted* event, so steady repeats still go out once per interval."""
     box = await make_outbox(refresh_interval=300)
@@ -225,7 +197,7 @@ async def test_suppressed_repeats_do_not_extend_the_refresh_interval(
         results += await box.put([ev("k", body, digest="d1")])
 
     assert results == [False, False, True, False]
-    assert [row["body"] for row in rows(box.path)] == ["t0", "t300"]
+    assert [row["body"] for row in backend.events()] == ["t0", "t300"]
 
 
 async def test_a_different_digest_is_stored_at_once(make_outbox: OutboxFactory, clock: FakeClock) -> None:
@@ -259,13 +231,13 @@ async def test_repeats_within_one_request_are_suppressed(make_outbox: OutboxFact
     ]
 
 
-async def test_empty_digest_is_never_suppressed(make_outbox: OutboxFactory) -> None:
+async def test_empty_digest_is_never_suppressed(backend: OutboxBackend, make_outbox: OutboxFactory) -> None:
     """Events without a digest are always stored, however often they repeat."""
     box = await make_outbox(refresh_interval=300)
 
     assert await box.put([ev("k", "a"), ev("k", "b")]) == [True, True]
     assert await box.put([ev("k", "c")]) == [True]
-    assert len(rows(box.path)) == 3
+    assert len(backend.events()) == 3
 
 
 async def test_zero_refresh_interval_suppresses_nothing(make_outbox: OutboxFactory) -> None:
@@ -291,15 +263,14 @@ async def test_suppression_is_per_destination_and_alert_key(make_outbox: OutboxF
     assert stored == [True, True, False]
 
 
-async def test_suppression_state_survives_a_restart(tmp_path: Path, clock: FakeClock) -> None:
+async def test_suppression_state_survives_a_restart(backend: OutboxBackend, clock: FakeClock) -> None:
     """The last accepted digest is durable: a repeat right after a reopen is still suppressed."""
-    directory = tmp_path / "outbox"
-    first = SqliteOutbox(directory, max_pending=10, refresh_interval=300, clock=clock)
+    first = backend.make(max_pending=10, refresh_interval=300, clock=clock)
     await first.open()
     await first.put([ev("k", "a", digest="d1")])
     await first.close()
 
-    second = SqliteOutbox(directory, max_pending=10, refresh_interval=300, clock=clock)
+    second = backend.make(max_pending=10, refresh_interval=300, clock=clock)
     await second.open()
     try:
         assert await second.put([ev("k", "b", digest="d1")]) == [False]
@@ -319,7 +290,7 @@ async def test_an_event_without_digest_ends_the_repeat_of_the_previous_one(make_
 # -- claiming: per-key order, priority, leases ------------------------------------------------------------
 
 
-async def test_claims_return_heads_in_commit_order_across_keys(outbox: SqliteOutbox) -> None:
+async def test_claims_return_heads_in_commit_order_across_keys(outbox: Outbox) -> None:
     """Heads of different keys with the same status are claimed in the order they were committed, up to the limit."""
     await outbox.put([ev("k2", "first")])
     await outbox.put([ev("k1", "second"), ev("k3", "third")])
@@ -329,7 +300,7 @@ async def test_claims_return_heads_in_commit_order_across_keys(outbox: SqliteOut
     assert bodies(await claim(outbox, 3)) == ["fourth"]
 
 
-async def test_claims_drain_ok_first_then_critical_warning_info(outbox: SqliteOutbox) -> None:
+async def test_claims_drain_ok_first_then_critical_warning_info(outbox: Outbox) -> None:
     """Across keys, heads are claimed Ok, Critical, Warning, Info, and by commit order within a status."""
     await outbox.put(
         [
@@ -347,7 +318,7 @@ async def test_claims_drain_ok_first_then_critical_warning_info(outbox: SqliteOu
     assert bodies(await claim(outbox, 10)) == ["critical-2", "warning", "warning-2", "info"]
 
 
-async def test_priority_never_reorders_events_of_one_key(outbox: SqliteOutbox) -> None:
+async def test_priority_never_reorders_events_of_one_key(outbox: Outbox) -> None:
     """An Ok queued behind a firing event of its key waits for it, though Ok heads of other keys go first."""
     await outbox.put([ev("k", "fire", status="Warning"), ev("k", "ok-k", status="Ok"), ev("j", "ok-j", status="Ok")])
 
@@ -359,7 +330,7 @@ async def test_priority_never_reorders_events_of_one_key(outbox: SqliteOutbox) -
     assert bodies(await claim(outbox)) == ["ok-k"]
 
 
-async def test_priority_follows_the_new_head_when_a_key_advances(outbox: SqliteOutbox) -> None:
+async def test_priority_follows_the_new_head_when_a_key_advances(outbox: Outbox) -> None:
     """When a key's head is delivered, the key's next event is ranked by its own status."""
     await outbox.put(
         [ev("k", "k-info", status="Info"), ev("k", "k-ok", status="Ok"), ev("j", "j-critical", status="Critical")]
@@ -372,7 +343,7 @@ async def test_priority_follows_the_new_head_when_a_key_advances(outbox: SqliteO
     assert bodies(await claim(outbox)) == ["k-ok", "m-critical"]
 
 
-async def test_only_the_oldest_pending_event_of_a_key_is_claimable(outbox: SqliteOutbox) -> None:
+async def test_only_the_oldest_pending_event_of_a_key_is_claimable(outbox: Outbox) -> None:
     """The second event of a key stays unclaimable while the first is pending or leased, until it is delivered."""
     await outbox.put([ev("k", "firing", status="Critical"), ev("k", "resolved", status="Ok")])
 
@@ -385,7 +356,7 @@ async def test_only_the_oldest_pending_event_of_a_key_is_claimable(outbox: Sqlit
     assert bodies(await claim(outbox)) == ["resolved"]
 
 
-async def test_a_leased_head_is_reclaimed_only_after_its_lease_expires(outbox: SqliteOutbox, clock: FakeClock) -> None:
+async def test_a_leased_head_is_reclaimed_only_after_its_lease_expires(outbox: Outbox, clock: FakeClock) -> None:
     """A claimed event is invisible to other claims until lease_seconds have passed on the clock."""
     await outbox.put([ev("k", "x")])
     (claimed,) = await claim(outbox, lease=30)
@@ -398,7 +369,9 @@ async def test_a_leased_head_is_reclaimed_only_after_its_lease_expires(outbox: S
     assert again[0].attempts == 0  # an expired lease is not a recorded attempt
 
 
-async def test_retry_later_keeps_the_event_at_the_head_until_it_is_due(outbox: SqliteOutbox, clock: FakeClock) -> None:
+async def test_retry_later_keeps_the_event_at_the_head_until_it_is_due(
+    backend: OutboxBackend, outbox: Outbox, clock: FakeClock
+) -> None:
     """After retry_later the event is not due until ``at``, and the next event of its key stays blocked."""
     await outbox.put([ev("k", "firing"), ev("k", "resolved", status="Ok")])
     (claimed,) = await claim(outbox)
@@ -413,13 +386,11 @@ async def test_retry_later_keeps_the_event_at_the_head_until_it_is_due(outbox: S
     retried = await claim(outbox)
     assert [(c.id, c.body, c.attempts) for c in retried] == [(claimed.id, "firing", 1)]
 
-    stored = rows(outbox.path)[0]
+    stored = backend.events()[0]
     assert (stored["state"], stored["last_code"], stored["last_error"]) == ("pending", "InternalError", "boom")
 
 
-async def test_dead_parks_the_event_and_unblocks_the_next_event_of_its_key(
-    outbox: SqliteOutbox, clock: FakeClock
-) -> None:
+async def test_dead_parks_the_event_and_unblocks_the_next_event_of_its_key(outbox: Outbox, clock: FakeClock) -> None:
     """A dead-lettered head is listed with its reason, and the key's next event becomes claimable."""
     await outbox.put([ev("k", "rejected"), ev("k", "after", status="Ok")])
     (claimed,) = await claim(outbox)
@@ -444,19 +415,19 @@ async def test_dead_parks_the_event_and_unblocks_the_next_event_of_its_key(
     assert await outbox.stats() == OutboxStats(pending=1, dead=1, oldest_pending_created_at=1000.0)
 
 
-async def test_delivered_deletes_the_event(outbox: SqliteOutbox) -> None:
+async def test_delivered_deletes_the_event(backend: OutboxBackend, outbox: Outbox) -> None:
     """A delivered event is removed from the database and from the pending count."""
     await outbox.put([ev("k", "a"), ev("k", "b", status="Ok")])
     (claimed,) = await claim(outbox)
 
     await outbox.delivered(claimed.id)
 
-    assert [row["body"] for row in rows(outbox.path)] == ["b"]
+    assert [row["body"] for row in backend.events()] == ["b"]
     assert (await outbox.stats()).pending == 1
     assert await outbox.dead_letters(ALL) == []
 
 
-async def test_same_alert_key_under_two_destinations_is_ordered_independently(outbox: SqliteOutbox) -> None:
+async def test_same_alert_key_under_two_destinations_is_ordered_independently(outbox: Outbox) -> None:
     """The per-key FIFO is per (destination, alert_key), and a claim only returns its own destination's events."""
     await outbox.put(
         [
@@ -471,7 +442,7 @@ async def test_same_alert_key_under_two_destinations_is_ordered_independently(ou
     assert await claim(outbox, destination="elsewhere") == []
 
 
-async def test_destinations_lists_only_destinations_with_pending_events(outbox: SqliteOutbox) -> None:
+async def test_destinations_lists_only_destinations_with_pending_events(outbox: Outbox) -> None:
     """destinations() names each destination with a pending event once; dead or delivered events do not count."""
     assert await outbox.destinations() == []
     await outbox.put([ev("k1", "a", destination="d1"), ev("k2", "b", destination="d1"), ev("k", "c", destination="d2")])
@@ -490,7 +461,7 @@ async def test_destinations_lists_only_destinations_with_pending_events(outbox: 
 # -- coalescing --------------------------------------------------------------------------------------
 
 
-async def test_newer_firing_states_supersede_older_ones_but_not_the_ok(outbox: SqliteOutbox) -> None:
+async def test_newer_firing_states_supersede_older_ones_but_not_the_ok(backend: OutboxBackend, outbox: Outbox) -> None:
     """F1, F2, F3, Ok of one key: the claim sends F3 (F1 and F2 coalesced and deleted), then the Ok."""
     await outbox.put([ev("k", "f1"), ev("k", "f2", status="Warning"), ev("k", "f3"), ev("k", "ok", status="Ok")])
 
@@ -498,7 +469,7 @@ async def test_newer_firing_states_supersede_older_ones_but_not_the_ok(outbox: S
     assert bodies(result) == ["f3"]
     assert result.coalesced == 2
     assert result.expired == []
-    assert [row["body"] for row in rows(outbox.path)] == ["f3", "ok"]
+    assert [row["body"] for row in backend.events()] == ["f3", "ok"]
     assert (await outbox.stats()).pending == 2
     assert await outbox.dead_letters(ALL) == []  # coalesced events are gone, not dead
 
@@ -507,7 +478,7 @@ async def test_newer_firing_states_supersede_older_ones_but_not_the_ok(outbox: S
     assert (bodies(result), result.coalesced) == (["ok"], 0)
 
 
-async def test_an_ok_is_never_coalesced(outbox: SqliteOutbox) -> None:
+async def test_an_ok_is_never_coalesced(outbox: Outbox) -> None:
     """Ok followed by Ok, or by a firing event, is sent as it is: every Ok goes out."""
     await outbox.put([ev("k", "ok-1", status="Ok"), ev("k", "ok-2", status="Ok"), ev("k", "fire")])
 
@@ -521,7 +492,7 @@ async def test_an_ok_is_never_coalesced(outbox: SqliteOutbox) -> None:
     assert sent == ["ok-1", "ok-2", "fire"]
 
 
-async def test_firing_ok_firing_keeps_all_three(outbox: SqliteOutbox) -> None:
+async def test_firing_ok_firing_keeps_all_three(outbox: Outbox) -> None:
     """A firing event is only superseded by a firing event directly behind it: F, Ok, F are all sent, in order."""
     await outbox.put([ev("k", "f1"), ev("k", "ok", status="Ok"), ev("k", "f2")])
 
@@ -535,7 +506,9 @@ async def test_firing_ok_firing_keeps_all_three(outbox: SqliteOutbox) -> None:
     assert sent == ["f1", "ok", "f2"]
 
 
-async def test_a_head_in_retry_is_superseded_by_a_newer_firing_state(outbox: SqliteOutbox, clock: FakeClock) -> None:
+async def test_a_head_in_retry_is_superseded_by_a_newer_firing_state(
+    backend: OutboxBackend, outbox: Outbox, clock: FakeClock
+) -> None:
     """A firing head that already failed (attempts > 0) is still replaced by a newer firing event once it is due."""
     await outbox.put([ev("k", "old")])
     (old,) = await claim(outbox)
@@ -548,10 +521,10 @@ async def test_a_head_in_retry_is_superseded_by_a_newer_firing_state(outbox: Sql
 
     assert [(c.body, c.attempts) for c in result.events] == [("new", 0)]
     assert result.coalesced == 1
-    assert [row["body"] for row in rows(outbox.path)] == ["new"]
+    assert [row["body"] for row in backend.events()] == ["new"]
 
 
-async def test_a_leased_head_is_not_coalesced(outbox: SqliteOutbox) -> None:
+async def test_a_leased_head_is_not_coalesced(outbox: Outbox) -> None:
     """A firing event being delivered is not deleted under its worker; the newer one waits until it is done."""
     await outbox.put([ev("k", "inflight")])
     (inflight,) = await claim(outbox)
@@ -564,7 +537,7 @@ async def test_a_leased_head_is_not_coalesced(outbox: SqliteOutbox) -> None:
     assert bodies(await claim(outbox)) == ["newer"]
 
 
-async def test_coalescing_does_not_shrink_a_claim(outbox: SqliteOutbox) -> None:
+async def test_coalescing_does_not_shrink_a_claim(outbox: Outbox) -> None:
     """Heads removed by coalescing are replaced, so the claim still returns up to ``limit`` events."""
     await outbox.put([ev("k1", "k1-old"), ev("k1", "k1-new"), ev("k2", "k2"), ev("k3", "k3")])
 
@@ -621,7 +594,7 @@ async def test_every_expired_event_of_a_key_is_parked_in_one_claim(
     assert (await box.stats()).dead == 2
 
 
-async def test_no_max_age_means_nothing_expires(outbox: SqliteOutbox, clock: FakeClock) -> None:
+async def test_no_max_age_means_nothing_expires(outbox: Outbox, clock: FakeClock) -> None:
     """Without max_age an event a year old is still claimed."""
     await outbox.put([ev("k", "ancient")])
     clock.advance(365 * 86400)
@@ -651,14 +624,16 @@ async def test_an_expired_dead_letter_reports_the_attempts_actually_made(
 # -- dead letters: list, replay, purge ---------------------------------------------------------------
 
 
-async def park(box: SqliteOutbox, code: str = "InvalidParameter") -> Claimed:
+async def park(box: Outbox, code: str = "InvalidParameter") -> Claimed:
     """Claim one event and make it a dead letter with ``code``."""
     (event,) = await claim(box, 1)
     await box.dead(event.id, code, f"{code} happened", None)
     return event
 
 
-async def test_dead_letters_filters_by_ids_destination_code_and_age(outbox: SqliteOutbox, clock: FakeClock) -> None:
+async def test_dead_letters_filters_by_ids_destination_code_and_age(
+    backend: OutboxBackend, outbox: Outbox, clock: FakeClock
+) -> None:
     """Each DeadLetterFilter criterion narrows the list; combined, all must match; oldest first, up to limit."""
     await outbox.put([ev("a", "a", destination="d1"), ev("b", "b", destination="d1"), ev("c", "c", destination="d2")])
     await outbox.put([ev("p", "still pending", destination="d1")])
@@ -683,10 +658,10 @@ async def test_dead_letters_filters_by_ids_destination_code_and_age(outbox: Sqli
     assert await listed(destination="d1", code="InvalidParameter") == ["a"]
     assert await listed(destination="d2", code="unknown_destination") == []
     assert await listed(limit=2) == ["a", "b"]
-    assert await listed(ids=(await id_of(outbox, "still pending"),)) == []  # pending events are never listed
+    assert await listed(ids=(id_of(backend, "still pending"),)) == []  # pending events are never listed
 
 
-async def test_replay_puts_a_dead_letter_back_before_newer_events_of_its_key(outbox: SqliteOutbox) -> None:
+async def test_replay_puts_a_dead_letter_back_before_newer_events_of_its_key(outbox: Outbox) -> None:
     """Dead F, then a newer pending Ok of the key: replay makes F the head again, so F is sent before the Ok."""
     await outbox.put([ev("k", "fire"), ev("k", "ok", status="Ok")])
     fire = await park(outbox)
@@ -703,7 +678,7 @@ async def test_replay_puts_a_dead_letter_back_before_newer_events_of_its_key(out
     assert bodies(await claim(outbox)) == ["ok"]
 
 
-async def test_replay_resets_attempts(outbox: SqliteOutbox, clock: FakeClock) -> None:
+async def test_replay_resets_attempts(backend: OutboxBackend, outbox: Outbox, clock: FakeClock) -> None:
     """A replayed event starts over with attempts == 0 and is due immediately."""
     await outbox.put([ev("k", "x")])
     for _ in range(2):
@@ -717,10 +692,10 @@ async def test_replay_resets_attempts(outbox: SqliteOutbox, clock: FakeClock) ->
 
     (replayed,) = await claim(outbox)
     assert replayed.attempts == 0
-    assert rows(outbox.path)[0]["dead_at"] is None
+    assert backend.events()[0]["dead_at"] is None
 
 
-async def test_replay_restores_the_order_of_several_dead_letters_of_a_key(outbox: SqliteOutbox) -> None:
+async def test_replay_restores_the_order_of_several_dead_letters_of_a_key(outbox: Outbox) -> None:
     """Two dead letters of one key (firing, then its Ok) replayed together go out in their original order."""
     await outbox.put([ev("k", "fire"), ev("k", "ok", status="Ok")])
     await park(outbox)
@@ -737,7 +712,7 @@ async def test_replay_restores_the_order_of_several_dead_letters_of_a_key(outbox
     assert sent == ["fire", "ok"]
 
 
-async def test_replaying_only_the_newer_dead_letter_then_the_older_keeps_the_order(outbox: SqliteOutbox) -> None:
+async def test_replaying_only_the_newer_dead_letter_then_the_older_keeps_the_order(outbox: Outbox) -> None:
     """Replaying a key's dead letters one at a time, newest first, still ends with the oldest as the head."""
     await outbox.put([ev("k", "fire"), ev("k", "ok", status="Ok")])
     fire = await park(outbox)
@@ -749,7 +724,7 @@ async def test_replaying_only_the_newer_dead_letter_then_the_older_keeps_the_ord
     assert bodies(await claim(outbox)) == ["fire"]
 
 
-async def test_replay_skips_a_dead_letter_superseded_by_a_delivered_newer_event(outbox: SqliteOutbox) -> None:
+async def test_replay_skips_a_dead_letter_superseded_by_a_delivered_newer_event(outbox: Outbox) -> None:
     """When a newer event of the key was delivered since, replay leaves the old one parked unless forced."""
     await outbox.put([ev("k", "fire"), ev("k", "ok", status="Ok")])
     fire = await park(outbox)
@@ -767,7 +742,7 @@ async def test_replay_skips_a_dead_letter_superseded_by_a_delivered_newer_event(
     assert bodies(await claim(outbox)) == ["fire"]
 
 
-async def test_replay_is_not_superseded_by_an_older_delivered_event(outbox: SqliteOutbox) -> None:
+async def test_replay_is_not_superseded_by_an_older_delivered_event(outbox: Outbox) -> None:
     """Only a *newer* delivered event supersedes: a dead letter behind a delivered event replays normally."""
     await outbox.put([ev("k", "ok-first", status="Ok"), ev("k", "fire")])
     (first,) = await claim(outbox)
@@ -779,7 +754,7 @@ async def test_replay_is_not_superseded_by_an_older_delivered_event(outbox: Sqli
     assert result.replayed == [fire.id]
 
 
-async def test_replay_waits_while_a_newer_event_of_the_key_is_in_flight(outbox: SqliteOutbox, clock: FakeClock) -> None:
+async def test_replay_waits_while_a_newer_event_of_the_key_is_in_flight(outbox: Outbox, clock: FakeClock) -> None:
     """A dead letter whose key has a newer event leased right now is reported in_flight and stays parked."""
     await outbox.put([ev("k", "fire"), ev("k", "ok", status="Ok")])
     fire = await park(outbox)
@@ -796,9 +771,7 @@ async def test_replay_waits_while_a_newer_event_of_the_key_is_in_flight(outbox: 
     assert (await outbox.replay(ALL)).superseded == [fire.id]
 
 
-async def test_replay_after_the_newer_events_lease_expired_is_not_in_flight(
-    outbox: SqliteOutbox, clock: FakeClock
-) -> None:
+async def test_replay_after_the_newer_events_lease_expired_is_not_in_flight(outbox: Outbox, clock: FakeClock) -> None:
     """Once the newer event's lease has run out it is no longer on the wire, so the dead letter replays first."""
     await outbox.put([ev("k", "fire"), ev("k", "ok", status="Ok")])
     fire = await park(outbox)
@@ -809,7 +782,7 @@ async def test_replay_after_the_newer_events_lease_expired_is_not_in_flight(
     assert bodies(await claim(outbox)) == ["fire"]
 
 
-async def test_replay_only_touches_matching_dead_letters(outbox: SqliteOutbox) -> None:
+async def test_replay_only_touches_matching_dead_letters(outbox: Outbox) -> None:
     """replay with a filter queues the matching dead letters and leaves the others parked."""
     await outbox.put([ev("a", "a"), ev("b", "b")])
     await park(outbox, "InvalidParameter")
@@ -823,7 +796,9 @@ async def test_replay_only_touches_matching_dead_letters(outbox: SqliteOutbox) -
     assert await outbox.stats() == OutboxStats(pending=1, dead=1, oldest_pending_created_at=1000.0)
 
 
-async def test_purge_deletes_matching_dead_letters_for_good(outbox: SqliteOutbox, clock: FakeClock) -> None:
+async def test_purge_deletes_matching_dead_letters_for_good(
+    backend: OutboxBackend, outbox: Outbox, clock: FakeClock
+) -> None:
     """purge removes dead letters by ids, destination, code or age, returns how many, and never touches pending ones."""
     await outbox.put(
         [
@@ -841,14 +816,14 @@ async def test_purge_deletes_matching_dead_letters_for_good(outbox: SqliteOutbox
         (event,) = (await outbox.claim(destination, 1, 30)).events
         await outbox.dead(event.id, code, "bad", None)
 
-    assert await outbox.purge(DeadLetterFilter(ids=(await id_of(outbox, "pending"),))) == 0
+    assert await outbox.purge(DeadLetterFilter(ids=(id_of(backend, "pending"),))) == 0
     assert await outbox.purge(DeadLetterFilter(older_than=50)) == 1  # a
     assert await outbox.purge(DeadLetterFilter(code="InvalidParameter")) == 1  # c
     assert await outbox.purge(DeadLetterFilter(destination="d1")) == 1  # b
-    assert [row["body"] for row in rows(outbox.path)] == ["e", "pending"]
-    assert await outbox.purge(DeadLetterFilter(ids=(await id_of(outbox, "e"),))) == 1
+    assert [row["body"] for row in backend.events()] == ["e", "pending"]
+    assert await outbox.purge(DeadLetterFilter(ids=(id_of(backend, "e"),))) == 1
     assert await outbox.purge(ALL) == 0
-    assert [row["body"] for row in rows(outbox.path)] == ["pending"]
+    assert [row["body"] for row in backend.events()] == ["pending"]
     assert await outbox.stats() == OutboxStats(pending=1, dead=0, oldest_pending_created_at=1000.0)
 
 
@@ -856,10 +831,10 @@ async def test_purge_deletes_matching_dead_letters_for_good(outbox: SqliteOutbox
 
 
 async def test_put_over_max_pending_raises_outbox_full_and_stores_nothing_of_that_request(
-    tmp_path: Path, clock: FakeClock
+    backend: OutboxBackend, clock: FakeClock
 ) -> None:
     """A request that would exceed max_pending is refused whole, while a smaller concurrent request still fits."""
-    box = SqliteOutbox(tmp_path / "outbox", max_pending=5, clock=clock)
+    box = backend.make(max_pending=5, clock=clock)
     await box.open()
     try:
         await box.put([ev("a", "a1"), ev("b", "b1"), ev("c", "c1")])
@@ -872,7 +847,7 @@ async def test_put_over_max_pending_raises_outbox_full_and_stores_nothing_of_tha
 
         assert isinstance(too_big, OutboxFull)
         assert fits == [True, True]
-        assert [row["body"] for row in rows(box.path)] == ["a1", "b1", "c1", "d1", "e1"]
+        assert [row["body"] for row in backend.events()] == ["a1", "b1", "c1", "d1", "e1"]
         assert (await box.stats()).pending == 5
         with pytest.raises(OutboxFull):
             await box.put([ev("f", "f1")])
@@ -884,118 +859,10 @@ async def test_put_over_max_pending_raises_outbox_full_and_stores_nothing_of_tha
         await box.close()
 
 
-async def test_concurrent_puts_are_group_committed_and_keep_per_call_order(tmp_path: Path) -> None:
-    """Many puts gathered at once all commit, in fewer transactions than puts, each request contiguous and in order."""
-    clock = CountingClock()  # every transaction reads the clock once, so created_at tells transactions apart
-    box = SqliteOutbox(tmp_path / "outbox", max_pending=1000, clock=clock)
-    await box.open()
-    requests = 40
-    try:
-        results = await asyncio.gather(
-            *(box.put([ev(f"k{i}", f"{i}:0"), ev(f"k{i}", f"{i}:1"), ev(f"k{i}", f"{i}:2")]) for i in range(requests))
-        )
-        stored = rows(box.path)
-        assert (await box.stats()).pending == 3 * requests
-    finally:
-        await box.close()
-
-    assert results == [[True, True, True]] * requests
-    assert len(stored) == 3 * requests
-    for i in range(requests):
-        mine = [index for index, row in enumerate(stored) if row["alert_key"] == f"k{i}"]
-        assert [stored[index]["body"] for index in mine] == [f"{i}:0", f"{i}:1", f"{i}:2"]
-        assert mine == list(range(mine[0], mine[0] + 3))  # one request's events are committed together
-        assert len({stored[index]["created_at"] for index in mine}) == 1
-    transactions = {row["created_at"] for row in stored}
-    assert len(transactions) < requests
-
-
-async def test_acks_behind_a_queued_put_join_its_transaction_and_each_frees_its_key(tmp_path: Path) -> None:
-    """Acks that arrive while a commit is pending share the next transaction; an ack on an idle outbox runs at once."""
-    clock = CountingClock()
-    box = SqliteOutbox(tmp_path / "outbox", max_pending=1000, clock=clock)
-    await box.open()
-    keys = 40
-    try:
-        # Firing then Ok per key (an Ok is never coalesced away).
-        await box.put([ev(f"k{i}", f"{i}:{n}", status=("Critical", "Ok")[n]) for n in range(2) for i in range(keys)])
-        first = await claim(box, keys)
-        assert sorted(event.body for event in first) == sorted(f"{i}:0" for i in range(keys))
-        await box.delivered(first[0].id)  # idle outbox: committed before delivered() returns
-        assert [row["body"] for row in rows(box.path)].count(first[0].body) == 0
-        await asyncio.gather(box.put([ev("late", "late:0")]), *(box.delivered(event.id) for event in first[1:]))
-        second = await claim(box, keys + 1)  # every key's next event is now its head
-        pending = (await box.stats()).pending
-        db = sqlite3.connect(box.path)
-        try:
-            delivered_at = dict(db.execute("SELECT alert_key, delivered_at FROM key_state WHERE delivered_at > 0"))
-            accepted_at = db.execute("SELECT accepted_at FROM key_state WHERE alert_key = 'late'").fetchone()[0]
-        finally:
-            db.close()
-    finally:
-        await box.close()
-    assert sorted(event.body for event in second) == sorted([*(f"{i}:1" for i in range(keys)), "late:0"])
-    assert pending == keys + 1
-    assert len(delivered_at) == keys
-    # The late put and the 39 acks queued behind it were one transaction (one clock reading).
-    assert {delivered_at[f"k{i}"] for i in range(1, keys)} == {accepted_at}
-    assert delivered_at["k0"] < accepted_at
-
-
-async def wal_bytes_after_churn(directory: Path) -> int:
-    """Put, claim and deliver 1,200 events in 60 rounds; the size of the WAL file afterwards."""
-    box = SqliteOutbox(directory, max_pending=1000)
-    await box.open()
-    try:
-        for round_ in range(60):
-            await box.put([ev(f"k{i}", "x" * 400 + f"{round_}") for i in range(20)])
-            for event in await claim(box, 20):
-                await box.delivered(event.id)
-            await asyncio.sleep(0)  # let a scheduled checkpoint run
-        for _ in range(100):  # the last checkpoint may still be on the outbox thread
-            await asyncio.sleep(0.01)
-        return (directory / "outbox.sqlite3-wal").stat().st_size
-    finally:
-        await box.close()
-
-
-async def test_the_wal_is_checkpointed_by_the_outbox_thread_so_it_stops_growing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Automatic checkpoints are off (they would fsync on the event loop); the outbox's own keep the WAL small."""
-    monkeypatch.setattr(store, "CHECKPOINT_CHANGES", 10**9)
-    unchecked = await wal_bytes_after_churn(tmp_path / "unchecked")
-    monkeypatch.setattr(store, "CHECKPOINT_CHANGES", 200)
-    checked = await wal_bytes_after_churn(tmp_path / "checked")
-    assert checked * 4 < unchecked, (checked, unchecked)
-
-
-async def test_a_failed_group_transaction_fails_every_caller_and_keeps_the_pending_count(tmp_path: Path) -> None:
-    """One broken write rolls back the whole group; the others hear about it and nothing is half-counted."""
-    box = SqliteOutbox(tmp_path / "outbox", max_pending=1000)
-    await box.open()
-    try:
-
-        def broken(db: sqlite3.Connection, now: float) -> None:
-            db.execute("INSERT INTO no_such_table VALUES (1)")
-
-        results = await asyncio.gather(
-            box.put([ev("a", "a1")]), box._write(broken), box.put([ev("b", "b1")]), return_exceptions=True
-        )
-        after = (await box.stats()).pending
-        stored = rows(box.path)
-    finally:
-        await box.close()
-    assert all(isinstance(result, OutboxUnavailable) for result in results), results
-    assert (after, stored) == (0, [])
-
-
 # -- stats and scheduling ---------------------------------------------------------------------------
 
 
-async def test_stats_count_pending_and_dead_and_report_the_oldest_pending(
-    outbox: SqliteOutbox, clock: FakeClock
-) -> None:
+async def test_stats_count_pending_and_dead_and_report_the_oldest_pending(outbox: Outbox, clock: FakeClock) -> None:
     """stats() counts pending and dead events and reports the creation time of the oldest pending one."""
     assert await outbox.stats() == OutboxStats(pending=0, dead=0, oldest_pending_created_at=None)
 
@@ -1009,37 +876,7 @@ async def test_stats_count_pending_and_dead_and_report_the_oldest_pending(
     assert await outbox.stats() == OutboxStats(pending=2, dead=1, oldest_pending_created_at=1050.0)
 
 
-async def test_destinations_and_next_due_are_index_lookups_not_backlog_scans(tmp_path: Path) -> None:
-    """With thousands of heads, the delivery loop's polling must not read them all (it runs every pass)."""
-    clock = FakeClock(1000.0)
-    box = SqliteOutbox(tmp_path / "outbox", max_pending=10_000, clock=clock)
-    await box.open()
-    try:
-        await box.put([ev(f"k{i}", f"b{i}", destination=name) for name in ("a", "c", "b") for i in range(1000)])
-        clock.now = 1005.0
-        await claim(box, 1000, destination="b")  # every head of b leased until 1035
-        assert await box.destinations() == ["a", "b", "c"]
-        assert await box.next_due("b") == 1035.0
-        assert await box.next_due() == 1000.0
-        db = sqlite3.connect(box.path)
-        try:
-            plan = " ".join(
-                row[3]
-                for row in db.execute(
-                    "EXPLAIN QUERY PLAN SELECT MIN(MAX(next_attempt_at, lease_until)) FROM heads WHERE destination = ?",
-                    ("a",),
-                )
-            )
-        finally:
-            db.close()
-    finally:
-        await box.close()
-    assert "USING INDEX heads_due" in plan, plan
-
-
-async def test_next_due_returns_the_earliest_due_head_or_none_when_empty(
-    outbox: SqliteOutbox, clock: FakeClock
-) -> None:
+async def test_next_due_returns_the_earliest_due_head_or_none_when_empty(outbox: Outbox, clock: FakeClock) -> None:
     """next_due() is the earliest time any head can be claimed, ignoring events queued behind a head."""
     assert await outbox.next_due() is None
 
@@ -1061,145 +898,3 @@ async def test_next_due_returns_the_earliest_due_head_or_none_when_empty(
     await outbox.delivered(behind.id)
     await outbox.dead(a.id, "InvalidParameter", "bad", None)
     assert await outbox.next_due() is None
-
-
-# -- schema migration -------------------------------------------------------------------------------
-
-#: The schema of bridge 0.x outboxes (schema_version 1): no heads, no key_state; the schedule lives on events.
-_V1_SCHEMA = """
-CREATE TABLE events (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    destination     TEXT    NOT NULL,
-    alert_key       TEXT    NOT NULL,
-    source          TEXT    NOT NULL,
-    event_status    TEXT    NOT NULL,
-    body            TEXT    NOT NULL,
-    state           TEXT    NOT NULL DEFAULT 'pending',
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    created_at      REAL    NOT NULL,
-    next_attempt_at REAL    NOT NULL,
-    lease_until     REAL    NOT NULL DEFAULT 0,
-    last_code       TEXT,
-    last_error      TEXT,
-    request_id      TEXT,
-    dead_at         REAL
-);
-CREATE INDEX events_pending_by_key ON events (destination, alert_key, id) WHERE state = 'pending';
-CREATE INDEX events_dead ON events (dead_at) WHERE state = 'dead';
-CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT INTO meta VALUES ('schema_version', '1');
-"""
-
-
-def write_v1_database(directory: Path, events: list[dict[str, Any]]) -> Path:
-    """Create ``outbox.sqlite3`` in ``directory`` with the v1 schema and ``events`` (column -> value)."""
-    directory.mkdir(parents=True)
-    path = directory / "outbox.sqlite3"
-    db = sqlite3.connect(path)
-    try:
-        db.executescript(_V1_SCHEMA)
-        for event in events:
-            row = {"source": "alertmanager", "destination": DEST, "created_at": 900.0, **event}
-            row.setdefault("body", f"{row['alert_key']}/{row['event_status']}")
-            names = ", ".join(row)
-            db.execute(f"INSERT INTO events ({names}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
-        db.commit()
-    finally:
-        db.close()
-    return path
-
-
-async def test_v1_database_is_migrated_and_claims_the_right_heads(tmp_path: Path, clock: FakeClock) -> None:
-    """A schema-1 outbox opens as schema 2, keeps every event, and claims each key's oldest event when it is due."""
-    directory = tmp_path / "outbox"
-    path = write_v1_database(
-        directory,
-        [
-            # key a: the head failed twice and waits until 1100; its Ok queues behind it
-            {"alert_key": "a", "event_status": "Critical", "attempts": 2, "next_attempt_at": 1100.0, "body": "a1"},
-            {"alert_key": "a", "event_status": "Ok", "next_attempt_at": 900.0, "body": "a2"},
-            # key b: due now, leased by the old process
-            {
-                "alert_key": "b",
-                "event_status": "Warning",
-                "next_attempt_at": 900.0,
-                "lease_until": 1200.0,
-                "body": "b1",
-            },
-            {"alert_key": "b", "event_status": "Ok", "next_attempt_at": 900.0, "body": "b2"},
-            # key c: a dead letter only
-            {
-                "alert_key": "c",
-                "event_status": "Critical",
-                "next_attempt_at": 900.0,
-                "state": "dead",
-                "dead_at": 950.0,
-                "last_code": "InvalidParameter",
-                "body": "c1",
-            },
-        ],
-    )
-
-    box = SqliteOutbox(directory, max_pending=100, clock=clock)
-    await box.open()
-    try:
-        db = sqlite3.connect(path)
-        try:
-            assert db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone() == ("2",)
-            heads = db.execute("SELECT alert_key, event_id, priority, next_attempt_at FROM heads ORDER BY alert_key")
-            assert heads.fetchall() == [("a", 1, 1, 1100.0), ("b", 3, 2, 900.0)]
-        finally:
-            db.close()
-        assert await box.stats() == OutboxStats(pending=4, dead=1, oldest_pending_created_at=900.0)
-        assert sorted(await box.destinations()) == [DEST]
-        assert [letter["body"] for letter in await box.dead_letters(ALL)] == ["c1"]
-
-        # The old process's lease on b1 is gone; a1 is not due yet, and a2 is blocked behind it.
-        assert bodies(await claim(box, lease=300)) == ["b1"]
-        assert await box.next_due() == 1100.0  # a1's retry, before b1's lease ends at 1300
-        clock.now = 1099.9
-        assert await claim(box) == []
-        clock.now = 1100.0
-        assert [(c.body, c.attempts) for c in await claim(box)] == [("a1", 2)]
-    finally:
-        await box.close()
-
-
-async def test_migrated_database_reopens_without_changes(tmp_path: Path, clock: FakeClock) -> None:
-    """Opening a migrated outbox again keeps one head per key and the same pending events."""
-    directory = tmp_path / "outbox"
-    write_v1_database(
-        directory,
-        [
-            {"alert_key": "a", "event_status": "Critical", "next_attempt_at": 900.0},
-            {"alert_key": "a", "event_status": "Ok", "next_attempt_at": 900.0},
-        ],
-    )
-    for _ in range(2):
-        box = SqliteOutbox(directory, max_pending=100, clock=clock)
-        await box.open()
-        await box.close()
-
-    box = SqliteOutbox(directory, max_pending=100, clock=clock)
-    await box.open()
-    try:
-        assert (await box.stats()).pending == 2
-        assert bodies(await claim(box)) == ["a/Critical"]
-    finally:
-        await box.close()
-
-
-async def test_database_with_a_newer_schema_is_refused(tmp_path: Path, clock: FakeClock) -> None:
-    """An outbox written by a newer bridge (schema 3) is not opened, so this one cannot corrupt it."""
-    directory = tmp_path / "outbox"
-    path = write_v1_database(directory, [])
-    db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value = '3' WHERE name = 'schema_version'")
-    db.commit()
-    db.close()
-
-    box = SqliteOutbox(directory, max_pending=100, clock=clock)
-    with pytest.raises(OutboxUnavailable, match="newer"):
-        await box.open()
-    assert not box.is_open
-    await box.close()

@@ -1,9 +1,15 @@
 """The outbox: durable storage of accepted events, and the only place that retries and orders.
 
-``store`` defines the small interface the dispatcher needs (:class:`Outbox`) and its
-embedded SQLite implementation; a shared PostgreSQL outbox for several replicas can
-implement the same interface (claims are leases, so replicas never deliver the same
-key at once). ``dispatcher`` runs the workers.
+Callers (the app, the dispatcher, the admin API, the ``deadletter`` CLI) use the
+:class:`Outbox` protocol and get one from :func:`open_outbox`, which picks the backend
+from the config; they never name a backend.
+
+* ``protocol``: the :class:`Outbox` interface and the contract every backend keeps.
+* ``model``: the plain data it takes and returns, and its errors.
+* ``policy``: the rules (priority, suppression, coalescing, expiry, replay) as plain functions.
+* ``health``: storage failures, and whether the outbox is fit for traffic.
+* ``factory``: backend selection. ``sqlite``: the embedded backend.
+* ``dispatcher`` runs the delivery workers; ``pacing`` holds the rate limiter and circuit breaker.
 
 Ordering contract: per ``(destination, alert_key)`` events are delivered strictly in
 the order they were committed. Only the oldest pending event of a key can be
@@ -13,14 +19,42 @@ retries and restarts.
 
 from __future__ import annotations
 
-from bridge.outbox.store import (
+from bridge.outbox.factory import backend_name, create_outbox, open_outbox
+from bridge.outbox.health import StorageHealth
+from bridge.outbox.model import (
+    DEAD_LETTER_FIELDS,
     Claimed,
+    ClaimResult,
+    DeadLetterFilter,
     NewEvent,
-    Outbox,
+    OpenRefused,
+    OutboxClosed,
     OutboxFull,
+    OutboxInUse,
     OutboxStats,
     OutboxUnavailable,
-    SqliteOutbox,
+    OutboxUnusable,
+    ReplayResult,
 )
+from bridge.outbox.protocol import Outbox
 
-__all__ = ["Claimed", "NewEvent", "Outbox", "OutboxFull", "OutboxStats", "OutboxUnavailable", "SqliteOutbox"]
+__all__ = [
+    "DEAD_LETTER_FIELDS",
+    "ClaimResult",
+    "Claimed",
+    "DeadLetterFilter",
+    "NewEvent",
+    "OpenRefused",
+    "Outbox",
+    "OutboxClosed",
+    "OutboxFull",
+    "OutboxInUse",
+    "OutboxStats",
+    "OutboxUnavailable",
+    "OutboxUnusable",
+    "ReplayResult",
+    "StorageHealth",
+    "backend_name",
+    "create_outbox",
+    "open_outbox",
+]

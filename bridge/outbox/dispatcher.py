@@ -14,6 +14,13 @@ attempt's :class:`Outcome` decides:
 * give up → it becomes a dead letter, kept with the Flashduty request_id, code and
   message, logged and counted. It no longer blocks its key.
 
+Storage failures (a full disk, I/O errors, a lost database) pause delivery, not the
+process: the outbox records them in its ``health`` (the bridge is not ready while one
+lasts), and each pass first probes the storage with a durable write; after a probe and
+a whole pass succeed, the outbox is healthy again. The gauges (pending, oldest age, dead
+letters) are refreshed after every pass, failed or not, so they keep telling the truth
+while writes fail.
+
 The clock and the random source are injected, so pacing and backoff are testable
 without waiting.
 """
@@ -31,8 +38,9 @@ from dataclasses import dataclass
 from bridge.config import DeliveryConfig, RateLimitConfig
 from bridge.destinations import Destination, Outcome, Reason, Verdict
 from bridge.metrics import Metrics
+from bridge.outbox.model import Claimed, OutboxUnavailable
 from bridge.outbox.pacing import CircuitBreaker, CircuitState, RateLimiter
-from bridge.outbox.store import Claimed, Outbox
+from bridge.outbox.protocol import Outbox
 
 log = logging.getLogger("bridge.outbox")
 
@@ -154,14 +162,37 @@ class Dispatcher:
 
     async def _feed(self) -> None:
         while not self._stopping:
+            wake_at: float | None
             try:
-                await self._feed_once()
+                wake_at = await self._pass()
+            except OutboxUnavailable:
+                # Recorded (and logged once per streak) by the outbox's health; try again shortly.
+                wake_at = self._clock() + IDLE_POLL_SECONDS
             except Exception:
-                # The outbox failed (disk, I/O): keep the process alive, try again shortly.
                 log.exception("delivery loop error; retrying in %.0fs", IDLE_POLL_SECONDS)
-                await self._idle(IDLE_POLL_SECONDS)
+                wake_at = self._clock() + IDLE_POLL_SECONDS
+            # After every pass, failed or not: the gauges must not freeze while storage fails.
+            if self._clock() >= self._stats_due:
+                self._stats_due = self._clock() + self._stats_interval
+                await self._refresh_stats()
+            if wake_at is not None:
+                # Lanes held back (429 pause, full window, open circuit) set wake_at from their own
+                # schedule, never from a backlog that is due but may not be sent: no busy polling.
+                await self._idle(max(0.0, wake_at - self._clock()))
 
-    async def _feed_once(self) -> None:
+    async def _pass(self) -> float | None:
+        """One pass over the lanes, after proving a failing storage works again; when to wake (None: now)."""
+        health = self.outbox.health
+        failures = health.failures
+        if health.problem is not None:
+            await self.outbox.probe()  # raises while storage still cannot take a durable write
+        wake_at = await self._feed_once()
+        # A probe and a whole pass of claims went through, and nothing failed meanwhile.
+        health.recovered(failures)
+        return wake_at
+
+    async def _feed_once(self) -> float | None:
+        """Claim and start what may go now; when to look again (None: at once, more may be due)."""
         started_any = False
         wake_at = self._clock() + IDLE_POLL_SECONDS
         for name in await self._destinations():
@@ -209,14 +240,9 @@ class Dispatcher:
                 lane.circuit.started()
                 self._spawn(lane, event)
                 started_any = True
-        if self._clock() >= self._stats_due:
-            self._stats_due = self._clock() + self._stats_interval
-            await self._refresh_stats()
         if started_any and len(self._inflight) < self.config.workers:
-            return  # there may be more due right away
-        # Lanes held back (429 pause, full window, open circuit) set wake_at from their own
-        # schedule, never from a backlog that is due but may not be sent: no busy polling.
-        await self._idle(max(0.0, wake_at - self._clock()))
+            return None  # there may be more due right away
+        return wake_at
 
     async def _destinations(self) -> list[str]:
         """Destinations to look at: every lane, plus (rarely) ones only the outbox knows.
@@ -257,20 +283,27 @@ class Dispatcher:
 
     async def _refresh_stats(self) -> None:
         now = self._clock()
-        stats = await self.outbox.stats()
-        self.metrics.outbox_depth.set(stats.pending)
-        self.metrics.dead_letters.set(stats.dead)
-        oldest = stats.oldest_pending_created_at
-        self.metrics.outbox_oldest_age.set(max(0.0, now - oldest) if oldest is not None else 0.0)
         for name, lane in self.lanes.items():
             lane.circuit.allowance(now)  # let an expired cool-down show as half-open
             self.metrics.circuit_open.labels(name).set(0 if lane.circuit.state is CircuitState.CLOSED else 1)
             for window, left in lane.limiter.headroom(now).items():
                 self.metrics.rate_limit_headroom.labels(name, window).set(left)
+        try:
+            stats = await self.outbox.stats()
+        except OutboxUnavailable:
+            return  # recorded by the outbox's health; the gauges keep their last known values
+        self.metrics.outbox_depth.set(stats.pending)
+        self.metrics.dead_letters.set(stats.dead)
+        oldest = stats.oldest_pending_created_at
+        self.metrics.outbox_oldest_age.set(max(0.0, now - oldest) if oldest is not None else 0.0)
 
     async def _deliver(self, lane: _Lane, event: Claimed) -> None:
         try:
             await self._attempt(lane, event)
+        except OutboxUnavailable as exc:
+            # The storage failed (recorded in its health); the lease expires and the event is tried
+            # again, so the worst case is a duplicate delivery, never a lost event.
+            log.warning("recording the delivery of %r failed: %s", event, exc)
         except Exception:
             # Recording the outcome failed (disk, I/O); the lease expires and the event is tried
             # again, so the worst case is a duplicate delivery, never a lost event.

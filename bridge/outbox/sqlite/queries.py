@@ -1,0 +1,355 @@
+"""The SQLite outbox's statements: one method per operation, on a connection the caller holds.
+
+Writes run inside a transaction the caller opened (see :mod:`~bridge.outbox.sqlite.writer`)
+and get the transaction's clock reading; what to store comes from
+:mod:`bridge.outbox.policy`. :class:`Queries` also keeps the number of pending events,
+which only this process changes (it holds the directory lock): a write adjusts it as it
+goes, and the writer puts it back when the transaction rolls back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bridge.outbox import policy
+from bridge.outbox.model import DEAD_LETTER_FIELDS, Claimed, ClaimResult, DeadLetterFilter, NewEvent, ReplayResult
+from bridge.outbox.sqlite.schema import PRIORITY_SQL
+
+#: Keys per ``IN (...)`` list, well under SQLite's limit on bound parameters.
+KEYS_PER_QUERY = 500
+#: What a probe writes: a storage that takes this much again is worth trying a request on.
+PROBE_BYTES = 16384
+
+
+class Queries:
+    """Every statement of the SQLite outbox, and its count of pending events."""
+
+    def __init__(
+        self, *, max_pending: int, max_age: float | None, refresh_interval: float, clock: Callable[[], float]
+    ) -> None:
+        self.max_pending = max_pending
+        self.max_age = max_age
+        self.refresh_interval = refresh_interval
+        self._clock = clock
+        self.pending = 0
+
+    # -- intake ------------------------------------------------------------------------
+
+    def insert(self, db: sqlite3.Connection, requests: list[Sequence[NewEvent]], now: float) -> list[list[bool] | None]:
+        """Insert several requests' events in one pass; per request, what was stored (None: no room).
+
+        :func:`policy.admit` decides; the statements run once per batch (``executemany``), not
+        once per event.
+        """
+        states = self._accepted_states(db, {(e.destination, e.alert_key) for events in requests for e in events})
+        admission = policy.admit(
+            requests,
+            states,
+            pending=self.pending,
+            max_pending=self.max_pending,
+            refresh_interval=self.refresh_interval,
+            now=now,
+        )
+        self.pending += admission.added
+        if admission.stored:
+            (newest,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+            db.executemany(
+                "INSERT INTO key_state (destination, alert_key, accepted_digest, accepted_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET accepted_digest = excluded.accepted_digest,"
+                " accepted_at = excluded.accepted_at",
+                [(*key, digest, now) for key, digest in admission.accepted.items()],
+            )
+            db.executemany(
+                "INSERT INTO events (destination, alert_key, source, event_status, body, created_at, next_attempt_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(e.destination, e.alert_key, e.source, e.event_status, e.body, now, now) for e in admission.stored],
+            )
+            # AUTOINCREMENT ids only grow, so the new events are those above the old maximum. In id
+            # order, the first new event of a key without pending events becomes its head.
+            db.execute(
+                "INSERT OR IGNORE INTO heads (destination, alert_key, event_id, priority, next_attempt_at)"
+                f" SELECT destination, alert_key, id, {PRIORITY_SQL}, ? FROM events WHERE id > ? ORDER BY id",
+                (now, newest),
+            )
+        return admission.results
+
+    def _accepted_states(self, db: sqlite3.Connection, keys: set[policy.Key]) -> dict[policy.Key, policy.AcceptedState]:
+        """``(digest, accepted_at)`` of the last accepted event, for each of ``keys`` that has one."""
+        by_destination: dict[str, list[str]] = {}
+        for destination, alert_key in keys:
+            by_destination.setdefault(destination, []).append(alert_key)
+        states: dict[policy.Key, policy.AcceptedState] = {}
+        for destination, alert_keys in by_destination.items():
+            for start in range(0, len(alert_keys), KEYS_PER_QUERY):
+                chunk = alert_keys[start : start + KEYS_PER_QUERY]
+                for alert_key, digest, at in db.execute(
+                    "SELECT alert_key, accepted_digest, accepted_at FROM key_state"
+                    f" WHERE destination = ? AND alert_key IN ({', '.join('?' * len(chunk))})",
+                    (destination, *chunk),
+                ):
+                    states[(destination, alert_key)] = (digest, at)
+        return states
+
+    @staticmethod
+    def save_passthrough_key(db: sqlite3.Connection, destination: str, integration_key: str) -> None:
+        db.execute("INSERT OR IGNORE INTO passthrough_keys VALUES (?, ?)", (destination, integration_key))
+
+    @staticmethod
+    def forget_passthrough_key(db: sqlite3.Connection, destination: str) -> bool:
+        cursor = db.execute(
+            "DELETE FROM passthrough_keys WHERE destination = ?"
+            " AND NOT EXISTS (SELECT 1 FROM heads WHERE destination = ?)"
+            " AND NOT EXISTS (SELECT 1 FROM events WHERE state = 'dead' AND destination = ?)",
+            (destination, destination, destination),
+        )
+        return cursor.rowcount > 0
+
+    @staticmethod
+    def passthrough_keys(db: sqlite3.Connection) -> dict[str, str]:
+        return {row[0]: row[1] for row in db.execute("SELECT * FROM passthrough_keys").fetchall()}
+
+    @staticmethod
+    def heartbeat(db: sqlite3.Connection, now: float) -> None:
+        """The probe's write: one row of ``PROBE_BYTES``, rewritten each time (a few pages, not one)."""
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('probe', ?)", (repr(now).ljust(PROBE_BYTES),))
+
+    # -- delivery ----------------------------------------------------------------------
+
+    @staticmethod
+    def destinations(db: sqlite3.Connection) -> list[str]:
+        # One index seek per destination, instead of reading every head (DISTINCT would).
+        found: list[str] = []
+        after = ""
+        while row := db.execute(
+            "SELECT destination FROM heads WHERE destination > ? ORDER BY destination LIMIT 1", (after,)
+        ).fetchone():
+            after = row[0]
+            found.append(after)
+        return found
+
+    def claim(
+        self,
+        db: sqlite3.Connection,
+        now: float,
+        destination: str,
+        limit: int,
+        lease_seconds: float,
+        *,
+        coalesce: bool,
+    ) -> ClaimResult:
+        events: list[Claimed] = []
+        expired: list[Claimed] = []
+        coalesced = 0
+        while len(events) < limit:
+            rows = db.execute(
+                "SELECT e.id, e.destination, e.alert_key, e.event_status, e.body, e.attempts, e.created_at"
+                " FROM heads h JOIN events e ON e.id = h.event_id"
+                " WHERE h.destination = ? AND h.next_attempt_at <= ? AND h.lease_until <= ?"
+                " ORDER BY h.priority, h.event_id LIMIT ?",
+                (destination, now, now, limit - len(events)),
+            ).fetchall()
+            if not rows:
+                break
+            for row in rows:
+                event = Claimed(*row)
+                if self.max_age is not None and policy.is_expired(event.created_at, now, self.max_age):
+                    message = policy.expiry_message(self.max_age)
+                    self.park(db, event.id, policy.EXPIRED, message, None, now, attempted=False)
+                    expired.append(event)
+                    continue
+                if coalesce and policy.superseded_by(event.event_status, self._next_status(db, event)):
+                    # A newer firing state of the same key is queued behind this one: send that instead.
+                    db.execute("DELETE FROM events WHERE id = ?", (event.id,))
+                    self.pending -= 1
+                    self._advance(db, event.destination, event.alert_key, now)
+                    coalesced += 1
+                    continue
+                db.execute(
+                    "UPDATE heads SET lease_until = ? WHERE destination = ? AND alert_key = ?",
+                    (now + lease_seconds, event.destination, event.alert_key),
+                )
+                events.append(event)
+        next_due = self.next_due(db, destination) if len(events) < limit else None
+        return ClaimResult(events, coalesced, expired, next_due)
+
+    @staticmethod
+    def _next_status(db: sqlite3.Connection, event: Claimed) -> str | None:
+        """The status of the pending event right behind ``event`` in its key, if any."""
+        if event.event_status == "Ok":
+            return None  # an Ok is never superseded: no need to look
+        row = db.execute(
+            "SELECT event_status FROM events WHERE destination = ? AND alert_key = ? AND state = 'pending' AND id > ?"
+            " ORDER BY id LIMIT 1",
+            (event.destination, event.alert_key, event.id),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    @staticmethod
+    def _advance(db: sqlite3.Connection, destination: str, alert_key: str, now: float) -> None:
+        """Make the key's oldest pending event its head (the old head is no longer pending), or drop the head."""
+        row = db.execute(
+            "SELECT id, event_status FROM events WHERE destination = ? AND alert_key = ? AND state = 'pending'"
+            " ORDER BY id LIMIT 1",
+            (destination, alert_key),
+        ).fetchone()
+        if row is None:
+            db.execute("DELETE FROM heads WHERE destination = ? AND alert_key = ?", (destination, alert_key))
+        else:
+            db.execute(
+                "UPDATE heads SET event_id = ?, priority = ?, next_attempt_at = ?, lease_until = 0"
+                " WHERE destination = ? AND alert_key = ?",
+                (row[0], policy.priority(row[1]), now, destination, alert_key),
+            )
+
+    @staticmethod
+    def _key_of(db: sqlite3.Connection, event_id: int) -> tuple[str, str] | None:
+        row = db.execute(
+            "SELECT destination, alert_key FROM events WHERE id = ? AND state = 'pending'", (event_id,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def delivered(self, db: sqlite3.Connection, now: float, event_id: int) -> None:
+        key = self._key_of(db, event_id)
+        if key is None:
+            return
+        db.execute("DELETE FROM events WHERE id = ?", (event_id,))
+        self.pending -= 1
+        db.execute(
+            "INSERT INTO key_state (destination, alert_key, delivered_id, delivered_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO UPDATE SET delivered_id = excluded.delivered_id, delivered_at = excluded.delivered_at",
+            (*key, event_id, now),
+        )
+        self._advance(db, *key, now)
+
+    @staticmethod
+    def retry_later(db: sqlite3.Connection, event_id: int, at: float, code: str, error: str) -> None:
+        db.execute(
+            "UPDATE events SET attempts = attempts + 1, last_code = ?, last_error = ? WHERE id = ?",
+            (code, error, event_id),
+        )
+        db.execute(
+            "UPDATE heads SET next_attempt_at = ?, lease_until = 0 WHERE event_id = ?"
+            " AND (destination, alert_key) = (SELECT destination, alert_key FROM events WHERE id = ?)",
+            (at, event_id, event_id),
+        )
+
+    def park(
+        self,
+        db: sqlite3.Connection,
+        event_id: int,
+        code: str,
+        error: str,
+        request_id: str | None,
+        now: float,
+        *,
+        attempted: bool = True,
+    ) -> None:
+        """Make a pending event a dead letter and let its key's next event go."""
+        key = self._key_of(db, event_id)
+        if key is None:
+            return
+        db.execute(
+            "UPDATE events SET state = 'dead', attempts = attempts + ?, last_code = ?, last_error = ?,"
+            " request_id = ?, dead_at = ? WHERE id = ?",
+            (int(attempted), code, error, request_id, now, event_id),
+        )
+        self.pending -= 1
+        self._advance(db, *key, now)
+
+    def next_due(self, db: sqlite3.Connection, destination: str | None) -> float | None:
+        if destination is None:
+            due = [when for name in self.destinations(db) if (when := self.next_due(db, name)) is not None]
+            return min(due, default=None)
+        # The expression matches the heads_due index exactly, so this is one index lookup.
+        row = db.execute(
+            "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM heads WHERE destination = ?", (destination,)
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def stats(self, db: sqlite3.Connection) -> tuple[int, int, float | None]:
+        """(pending, dead, oldest pending created_at)."""
+        oldest = db.execute(
+            "SELECT created_at FROM events WHERE id = (SELECT MIN(id) FROM events WHERE state = 'pending')"
+        ).fetchone()
+        dead: int = db.execute("SELECT COUNT(*) FROM events WHERE state = 'dead'").fetchone()[0]
+        return self.pending, dead, oldest[0] if oldest else None
+
+    # -- dead letters ------------------------------------------------------------------
+
+    def _dead_where(self, where: DeadLetterFilter) -> tuple[str, list[Any]]:
+        clauses: list[str] = ["state = 'dead'"]
+        args: list[Any] = []
+        if where.ids:
+            clauses.append(f"id IN ({', '.join('?' * len(where.ids))})")
+            args += list(where.ids)
+        if where.destination is not None:
+            clauses.append("destination = ?")
+            args.append(where.destination)
+        if where.code is not None:
+            clauses.append("last_code = ?")
+            args.append(where.code)
+        if where.older_than is not None:
+            clauses.append("dead_at <= ?")
+            args.append(self._clock() - where.older_than)
+        return " AND ".join(clauses), args
+
+    def dead_letters(self, db: sqlite3.Connection, where: DeadLetterFilter) -> list[dict[str, Any]]:
+        condition, args = self._dead_where(where)
+        cursor = db.execute(
+            f"SELECT {', '.join(DEAD_LETTER_FIELDS)} FROM events WHERE {condition} ORDER BY id LIMIT ?",
+            (*args, where.limit),
+        )
+        return [dict(zip(DEAD_LETTER_FIELDS, row, strict=True)) for row in cursor.fetchall()]
+
+    def replay(self, db: sqlite3.Connection, now: float, where: DeadLetterFilter, force: bool) -> ReplayResult:
+        condition, args = self._dead_where(where)
+        rows = db.execute(
+            f"SELECT id, destination, alert_key, event_status FROM events WHERE {condition} ORDER BY id LIMIT ?",
+            (*args, where.limit),
+        ).fetchall()
+        result = ReplayResult([], [], [])
+        for event_id, destination, alert_key, status in rows:
+            head = db.execute(
+                "SELECT event_id, lease_until FROM heads WHERE destination = ? AND alert_key = ?",
+                (destination, alert_key),
+            ).fetchone()
+            state = db.execute(
+                "SELECT delivered_id FROM key_state WHERE destination = ? AND alert_key = ?",
+                (destination, alert_key),
+            ).fetchone()
+            verdict = policy.replay_verdict(
+                event_id,
+                head=None if head is None else (head[0], head[1]),
+                delivered_id=None if state is None else state[0],
+                now=now,
+                force=force,
+            )
+            if verdict is policy.ReplayVerdict.IN_FLIGHT:
+                result.in_flight.append(event_id)
+                continue
+            if verdict is policy.ReplayVerdict.SUPERSEDED:
+                result.superseded.append(event_id)
+                continue
+            db.execute("UPDATE events SET state = 'pending', attempts = 0, dead_at = NULL WHERE id = ?", (event_id,))
+            self.pending += 1
+            # The replayed event is older than anything pending for its key, or it is alone.
+            db.execute(
+                "INSERT INTO heads (destination, alert_key, event_id, priority, next_attempt_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET event_id = excluded.event_id,"
+                " priority = excluded.priority, next_attempt_at = excluded.next_attempt_at, lease_until = 0"
+                " WHERE excluded.event_id < heads.event_id",
+                (destination, alert_key, event_id, policy.priority(status), now),
+            )
+            result.replayed.append(event_id)
+        return result
+
+    def purge(self, db: sqlite3.Connection, where: DeadLetterFilter) -> int:
+        condition, args = self._dead_where(where)
+        ids = [
+            row[0]
+            for row in db.execute(f"SELECT id FROM events WHERE {condition} ORDER BY id LIMIT ?", (*args, where.limit))
+        ]
+        db.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in ids])
+        return len(ids)

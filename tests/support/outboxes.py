@@ -1,0 +1,105 @@
+"""Outbox backends under test: each builds outboxes on one storage place of its own and reads back what they stored.
+
+The contract suite (``tests/test_outbox.py``) and the dispatcher tests run once per name in
+:data:`BACKENDS`, through the ``backend`` fixture they define with :func:`backend_under_test`.
+Adding a backend is one class here (``make``, ``events``, setup and teardown) and one name in
+:data:`BACKENDS`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from bridge.outbox import Claimed, ClaimResult, NewEvent, Outbox
+from bridge.outbox.sqlite import SqliteOutbox
+
+#: Every backend the contract suite runs against.
+BACKENDS = ["sqlite"]
+
+DEST = "flashduty"
+
+#: The columns ``events()`` returns for each stored event (pending or dead).
+EVENT_COLUMNS = (
+    "id",
+    "destination",
+    "alert_key",
+    "source",
+    "event_status",
+    "body",
+    "state",
+    "attempts",
+    "created_at",
+    "last_code",
+    "last_error",
+    "request_id",
+    "dead_at",
+)
+
+
+class OutboxBackend(Protocol):
+    name: str
+
+    def make(self, **options: Any) -> Outbox:
+        """A new, unopened outbox on this backend's storage (the same storage every time).
+
+        ``options``: ``max_pending`` (required), ``max_age``, ``refresh_interval``, ``clock``.
+        """
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every stored event (pending or dead) in commit order, with :data:`EVENT_COLUMNS`, read independently."""
+
+
+class SqliteBackend:
+    name = "sqlite"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def make(self, **options: Any) -> SqliteOutbox:
+        return SqliteOutbox(self.directory, **options)
+
+    @property
+    def path(self) -> Path:
+        return self.directory / "outbox.sqlite3"
+
+    def events(self) -> list[dict[str, Any]]:
+        db = sqlite3.connect(self.path)
+        try:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events ORDER BY id")]
+        finally:
+            db.close()
+
+
+@asynccontextmanager
+async def backend_under_test(name: str, tmp_path: Path) -> AsyncIterator[OutboxBackend]:
+    """Storage of its own for one test, removed afterwards."""
+    if name == "sqlite":
+        yield SqliteBackend(tmp_path / "outbox")
+        return
+    raise ValueError(f"no test backend {name!r}")
+
+
+def ev(alert_key: str, body: str, *, destination: str = DEST, status: str = "Critical", digest: str = "") -> NewEvent:
+    return NewEvent(
+        destination=destination,
+        alert_key=alert_key,
+        source="alertmanager",
+        event_status=status,
+        body=body,
+        digest=digest,
+    )
+
+
+def bodies(claimed: list[Claimed] | ClaimResult) -> list[str]:
+    events = claimed.events if isinstance(claimed, ClaimResult) else claimed
+    return [c.body for c in events]
+
+
+async def claim(box: Outbox, limit: int = 10, lease: float = 30, destination: str = DEST) -> list[Claimed]:
+    """The events of one claim (what the claim cleaned up on the way is ignored)."""
+    return (await box.claim(destination, limit, lease)).events
