@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.metrics import MetricWrapperBase
 
 from bridge import __version__
+from bridge.destinations import INVALID_INTEGRATION_KEY
 from bridge.outbox.health import OPERATIONS as STORAGE_OPERATIONS
 
 PREFIX = "flashduty_bridge"
@@ -257,6 +258,10 @@ class Metrics:
         """Create the per-destination series at zero."""
         for outcome in ATTEMPT_OUTCOMES:
             self.attempts.labels(destination, outcome, "none")
+        # A wrong key is the commonest misconfiguration: its series exist before the first one,
+        # so that increase() in an alert rule sees it.
+        self.attempts.labels(destination, "give_up", INVALID_INTEGRATION_KEY)
+        self.dead_lettered.labels(destination, INVALID_INTEGRATION_KEY)
         self.attempt_duration.labels(destination)
         self.delivery_latency.labels(destination)
         self.coalesced.labels(destination)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bridge.config import CircuitConfig, DeliveryConfig, RateLimitConfig
-from bridge.destinations import Outcome, Reason, Verdict
+from bridge.destinations import INVALID_INTEGRATION_KEY, Outcome, Reason, Verdict
 from bridge.metrics import Metrics
 from bridge.outbox import ClaimResult, DeadLetterFilter, NewEvent, Outbox, OutboxStats, OutboxUnavailable
 from bridge.outbox.dispatcher import LEASE_SECONDS, Dispatcher, backoff_delay
@@ -687,6 +689,105 @@ async def test_give_up_makes_a_dead_letter_with_reason_and_counts_it(h: Harness)
         == 1
     )
     assert (await h.outbox.stats()).dead == 1
+
+
+def bad_key(request_id: str = "req-key") -> Outcome:
+    return Outcome(
+        Verdict.GIVE_UP,
+        Reason.BAD_KEY,
+        code=INVALID_INTEGRATION_KEY,
+        message="integration_key is not a valid one (Flashduty code InvalidParameter)",
+        request_id=request_id,
+        status=400,
+    )
+
+
+def dispatcher_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "bridge.outbox" and r.levelno >= logging.ERROR]
+
+
+async def test_a_wrong_key_is_one_error_per_destination_not_one_per_event(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every event to a destination with a wrong key is parked (code InvalidIntegrationKey), but only the first
+    says so at ERROR, naming the destination and the fix; a success ends the episode, so the next one is logged."""
+    caplog.set_level(logging.INFO, logger="bridge.outbox")
+    await h.put(*((f"k{i}", f"e{i}") for i in range(5)))
+    destination = ScriptedDestination(script={f"e{i}": [bad_key(f"req-{i}")] for i in range(5)})
+    dispatcher = h.dispatcher(destination, workers=1)
+    await until(lambda: h.rows() and all(row["state"] == "dead" for row in h.rows().values()), "five dead letters")
+
+    (error,) = dispatcher_errors(caplog)
+    assert "destination flashduty" in error and "InvalidIntegrationKey" in error
+    assert "deadletter replay --code InvalidIntegrationKey --destination flashduty" in error
+    letters = await h.outbox.dead_letters(DeadLetterFilter(code=INVALID_INTEGRATION_KEY))
+    assert [letter["body"] for letter in letters] == [f"e{i}" for i in range(5)]
+    assert h.sample("flashduty_bridge_dead_lettered_total", destination=DEST, code=INVALID_INTEGRATION_KEY) == 5
+
+    # The key is fixed: a delivery succeeds (logged), and a later wrong key is a new episode with its own ERROR.
+    await h.put(("k9", "fine"))
+    dispatcher.wake()
+    await until(lambda: "fine" in destination.calls and "fine" not in h.rows(), "the delivery with a good key")
+    assert any("accepts the integration key of destination flashduty again" in r.getMessage() for r in caplog.records)
+    destination.script["broken-again"] = [bad_key()]
+    await h.put(("k10", "broken-again"))
+    dispatcher.wake()
+    await until(lambda: len(dispatcher_errors(caplog)) == 2, "the second episode's error")
+
+
+async def test_the_bad_key_series_exist_at_zero_for_every_destination(h: Harness) -> None:
+    """increase() sees the first wrong-key dead letter only if its series existed before it: created up front."""
+    h.metrics.init_destination("db")
+    assert h.sample("flashduty_bridge_dead_lettered_total", destination="db", code=INVALID_INTEGRATION_KEY) == 0
+    attempts = "flashduty_bridge_delivery_attempts_total"
+    assert h.sample(attempts, destination="db", outcome="give_up", code=INVALID_INTEGRATION_KEY) == 0
+
+
+DOUBLED_WORD = re.compile(r"\b(\w+)\W+\1\b", re.IGNORECASE)
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        Outcome(Verdict.RETRY, Reason.NETWORK, "network", "ConnectError: refused"),
+        Outcome(Verdict.RETRY, Reason.TIMEOUT, "timeout", "ReadTimeout: no complete answer within 3s"),
+        Outcome(Verdict.RETRY, Reason.SERVER_ERROR, "InternalError", "oops", "req-1", 500),
+        Outcome(Verdict.RETRY, Reason.RATE_LIMITED, "http_429", "HTTP 429: slow", None, 429),
+        Outcome(Verdict.GIVE_UP, Reason.REJECTED, "InvalidParameter", "title_rule: required", "req-2", 400),
+        Outcome(Verdict.GIVE_UP, Reason.BAD_RESPONSE, "bad_response", "HTTP 200: <html>", None, 200),
+    ],
+    ids=lambda outcome: outcome.code,
+)
+async def test_delivery_log_lines_say_each_thing_once(
+    h: Harness, caplog: pytest.LogCaptureFixture, outcome: Outcome
+) -> None:
+    """No "(network, network)" or "rejected (rejected, ...": the code is said once, with the HTTP status if any."""
+    caplog.set_level(logging.INFO, logger="bridge.outbox")
+    await h.put(("k", "x"))
+    destination = ScriptedDestination(script={"x": [outcome]})
+    h.dispatcher(destination, backoff_initial=1000)
+    await until(lambda: any(outcome.code in r.getMessage() for r in caplog.records), "the attempt's log line")
+    (line,) = [r.getMessage() for r in caplog.records if outcome.code in r.getMessage()]
+    assert not DOUBLED_WORD.search(line), line
+    assert line.count(outcome.code) == 1, line
+    if outcome.status is not None:
+        assert f"HTTP {outcome.status}" in line, line  # in the code part or the message
+
+
+async def test_a_replayed_event_logs_its_real_attempt_number(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """Replay does not erase history: the delivery after a replay is logged as the event's second attempt."""
+    caplog.set_level(logging.INFO, logger="bridge.outbox")
+    rejected = Outcome(Verdict.GIVE_UP, Reason.AUTH, code="Unauthorized", message="revoked", status=401)
+    await h.put(("k", "x"))
+    destination = ScriptedDestination(script={"x": [rejected]})
+    h.dispatcher(destination)
+    await until(lambda: h.rows().get("x", {}).get("state") == "dead", "the dead letter")
+    result = await h.outbox.replay(DeadLetterFilter())
+    assert result.replayed and (await h.outbox.dead_letters(DeadLetterFilter())) == []
+    h.dispatchers[0].wake()
+    await until(lambda: h.rows() == {}, "the replayed delivery")
+    (delivered,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("delivered")]
+    assert "(attempt 2," in delivered, delivered
 
 
 async def test_attempts_are_counted_by_destination_outcome_and_code(h: Harness) -> None:

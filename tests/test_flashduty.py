@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from bridge.destinations import Outcome, Reason, Verdict
+from bridge.destinations import INVALID_INTEGRATION_KEY, Outcome, Reason, Verdict
 from bridge.destinations.flashduty import (
+    ATTEMPT_CODES,
+    KNOWN_CODES,
     FlashdutyDestination,
     Transports,
     environment_proxy,
@@ -74,6 +76,8 @@ def ok(status: int, body: bytes, retry_after: str | None = None) -> tuple[Verdic
         (429, b"slow down", (Verdict.RETRY, Reason.RATE_LIMITED, "http_429")),
         (401, b"", (Verdict.GIVE_UP, Reason.AUTH, "http_4xx")),
         (413, b"too big", (Verdict.GIVE_UP, Reason.REJECTED, "http_4xx")),
+        (302, b"moved", (Verdict.GIVE_UP, Reason.REJECTED, "http_3xx")),
+        (600, b"", (Verdict.RETRY, Reason.SERVER_ERROR, "other")),
     ],
 )
 def test_answers_are_classified_by_error_code_first(
@@ -81,6 +85,47 @@ def test_answers_are_classified_by_error_code_first(
 ) -> None:
     """Several permanent errors share 400, and a 2xx may carry an error: the code decides."""
     assert ok(status, body) == expected
+
+
+#: Flashduty's answer to a wrong integration key (the spec's own error example).
+WRONG_KEY_ANSWER = (
+    b'{"request_id": "0ace00116215abc0ba4e52449bd305b0",'
+    b' "error": {"code": "InvalidParameter", "message": "integration_key is not a valid one"}}'
+)
+
+
+def test_a_wrong_integration_key_is_its_own_reason_and_code() -> None:
+    """400 InvalidParameter "integration_key is not a valid one" is a bad key, not a bad event."""
+    outcome = destination().classify(400, WRONG_KEY_ANSWER, None)
+    assert (outcome.verdict, outcome.reason, outcome.code) == (
+        Verdict.GIVE_UP,
+        Reason.BAD_KEY,
+        INVALID_INTEGRATION_KEY,
+    )
+    assert outcome.code == "InvalidIntegrationKey"
+    assert outcome.request_id == "0ace00116215abc0ba4e52449bd305b0"
+    # Flashduty's own words and code stay in the dead letter.
+    assert "integration_key is not a valid one" in outcome.message and "InvalidParameter" in outcome.message
+    # Any other InvalidParameter is still about the event.
+    bad_event = b'{"error": {"code": "InvalidParameter", "message": "title_rule: required"}}'
+    other = destination().classify(400, bad_event, None)
+    assert (other.reason, other.code) == (Reason.REJECTED, "InvalidParameter")
+
+
+@pytest.mark.parametrize("status", [*range(200, 210), *range(300, 310), *range(400, 432), *range(500, 512), 600, 999])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"<html/>",
+        b'{"data": {}}',
+        WRONG_KEY_ANSWER,
+        *(b'{"error": {"code": "%s"}}' % code.encode() for code in sorted(KNOWN_CODES)),
+    ],
+)
+def test_every_answer_gets_a_code_from_the_closed_set(status: int, body: bytes) -> None:
+    """The `code` label of the delivery metrics only takes values listed in ATTEMPT_CODES (and the README)."""
+    assert destination().classify(status, body, None).code in ATTEMPT_CODES
 
 
 def test_retry_after_seconds_and_http_date_are_read() -> None:

@@ -678,8 +678,10 @@ async def test_replay_puts_a_dead_letter_back_before_newer_events_of_its_key(out
     assert bodies(await claim(outbox)) == ["ok"]
 
 
-async def test_replay_resets_attempts(backend: OutboxBackend, outbox: Outbox, clock: FakeClock) -> None:
-    """A replayed event starts over with attempts == 0 and is due immediately."""
+async def test_replay_keeps_the_attempt_count_and_makes_the_event_due_at_once(
+    backend: OutboxBackend, outbox: Outbox, clock: FakeClock
+) -> None:
+    """A replayed event is due immediately and keeps its history: its attempts count on from where they were."""
     await outbox.put([ev("k", "x")])
     for _ in range(2):
         (event,) = await claim(outbox)
@@ -691,7 +693,7 @@ async def test_replay_resets_attempts(backend: OutboxBackend, outbox: Outbox, cl
     await outbox.replay(ALL)
 
     (replayed,) = await claim(outbox)
-    assert replayed.attempts == 0
+    assert replayed.attempts == 3
     assert backend.events()[0]["dead_at"] is None
 
 

@@ -6,6 +6,7 @@ finish quickly) and plays outages; the bridge is configured to match.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from tests.conftest import ADMIN_TOKEN, TEST_KEY, Bridge, Emulator, start_emulator, wait_for
 from tests.test_app import alert, webhook
@@ -140,6 +142,54 @@ def test_circuit_opens_during_an_outage_and_closes_after_it(emulator: Emulator, 
     # Without the breaker, 20 events retrying every 20-50 ms for 3 s would be several hundred attempts.
     failed = sum(1 for r in emulator.requests() if r["status"] == 503)
     assert failed < 60, failed
+
+
+def test_a_wrong_integration_key_parks_events_until_the_key_is_fixed_and_they_are_replayed(
+    tmp_path: Path, make_bridge: MakeBridge
+) -> None:
+    """Flashduty's answer to a wrong key (400 InvalidParameter "integration_key is not a valid one") parks every
+    event as InvalidIntegrationKey with one ERROR naming the destination; fix the key, reload, replay: delivered."""
+    emulator = start_emulator(tmp_path, "--keys", TEST_KEY)  # only the right key is known
+    wrong = "wrong-key-SECRET-0d1e"
+    try:
+        bridge = make_bridge(emulator, key=wrong, delivery={"workers": 1})
+        alerts = [alert({"alertname": "WrongKey", "instance": f"i{i}"}) for i in range(3)]
+        assert bridge.post("/alertmanager", webhook(*alerts)).status_code == 200
+        wait_for(lambda: bridge.metric("flashduty_bridge_dead_letters") == 3, what="three dead letters")
+
+        answers = [(r["status"], r["code"], r["message"]) for r in emulator.requests()]
+        assert answers == [(400, "InvalidParameter", "integration_key is not a valid one")] * 3  # as Flashduty
+        letters = bridge.dead_letters(code="InvalidIntegrationKey")
+        assert len(letters) == 3 and bridge.dead_letters(code="InvalidParameter") == []
+        assert bridge.metric("flashduty_bridge_dead_lettered_total", code="InvalidIntegrationKey") == 3
+        assert (
+            bridge.metric("flashduty_bridge_delivery_attempts_total", outcome="give_up", code="InvalidIntegrationKey")
+            == 3
+        )
+        errors = [line for line in bridge.log().splitlines() if " ERROR " in line]
+        assert len(errors) == 1, errors
+        assert "destination default" in errors[0] and "InvalidIntegrationKey" in errors[0]
+
+        config = yaml.safe_load(bridge.config_path.read_text())
+        config["flashduty"]["integration_key"] = TEST_KEY
+        bridge.config_path.write_text(yaml.safe_dump(config))
+        assert httpx.post(f"{bridge.url}/-/reload").status_code == 200
+        argv = [sys.executable, "-m", "bridge", "deadletter", "replay", "--url", bridge.url]
+        replay = subprocess.run(
+            [*argv, "--code", "InvalidIntegrationKey"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"BRIDGE_ADMIN_TOKEN": ADMIN_TOKEN, "PATH": "/usr/bin:/bin"},
+        )
+        assert replay.returncode == 0, replay.stderr
+        assert sorted(json.loads(replay.stdout)["replayed"]) == sorted(letter["id"] for letter in letters)
+        bodies = wait_for(lambda: (b := emulator.bodies(TEST_KEY)) and len(b) == 3 and b, what="the replayed events")
+        assert {b["alert_key"] for b in bodies} == {f"alertmanager:{a['fingerprint']}" for a in alerts}
+        wait_for(lambda: bridge.metric("flashduty_bridge_dead_letters") == 0, what="no dead letters left")
+        assert wrong not in bridge.log()
+    finally:
+        emulator.proc.stop()
 
 
 def test_unauthorized_parks_events_without_retries_and_replay_delivers_them(

@@ -26,9 +26,18 @@ class Reason(enum.Enum):
     SERVER_ERROR = "server_error"  # 5xx or InternalError
     RATE_LIMITED = "rate_limited"  # 429 or RequestTooFrequently
     REJECTED = "rejected"  # InvalidParameter and other permanent 4xx
+    BAD_KEY = "bad_key"  # the integration key itself is refused: code INVALID_INTEGRATION_KEY
     AUTH = "auth"  # Unauthorized, AccessDenied
     BILLING = "billing"  # NoLicense, ResourceNotFound
     BAD_RESPONSE = "bad_response"  # a 2xx that is not the documented envelope
+
+
+#: The bridge's code for "Flashduty does not know this integration key". Flashduty answers a
+#: wrong key with HTTP 400 ``InvalidParameter`` ("integration_key is not a valid one"), the code
+#: it also uses for a malformed event; the bridge gives the key its own code so that dead
+#: letters, metrics and ``deadletter replay --code`` can tell a configuration error (fix the
+#: key, replay) from an event Flashduty will never take.
+INVALID_INTEGRATION_KEY = "InvalidIntegrationKey"
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from bridge import __version__
-from bridge.destinations import Outcome, Reason, Verdict
+from bridge.destinations import INVALID_INTEGRATION_KEY, Outcome, Reason, Verdict
 
 log = logging.getLogger("bridge.flashduty")
 
@@ -44,6 +44,26 @@ KNOWN_CODES = frozenset(
         "InternalError",
     }
 )
+#: The bridge's own codes, for answers that carry no documented Flashduty code (and for a wrong
+#: key, which Flashduty reports as InvalidParameter). With KNOWN_CODES, the closed set of values
+#: of the ``code`` label of the delivery metrics.
+BRIDGE_CODES = frozenset(
+    {
+        "none",  # delivered
+        "network",  # no answer: refused, reset, closed mid-answer, DNS, TLS
+        "timeout",  # no complete answer within flashduty.timeout
+        "client",  # the request could not be made (an invalid URL)
+        "bad_response",  # a 2xx that is not Flashduty's envelope
+        "http_3xx",  # a status without Flashduty's envelope (a proxy, a load balancer)
+        "http_4xx",
+        "http_5xx",
+        "http_429",
+        "other",  # an undocumented Flashduty code, or a status outside 300-599
+        INVALID_INTEGRATION_KEY,
+    }
+)
+ATTEMPT_CODES = KNOWN_CODES | BRIDGE_CODES
+_HTTP_CODES = {3: "http_3xx", 4: "http_4xx", 5: "http_5xx"}
 _CODE_REASONS = {
     "RequestTooFrequently": (Verdict.RETRY, Reason.RATE_LIMITED),
     "InternalError": (Verdict.RETRY, Reason.SERVER_ERROR),
@@ -149,6 +169,15 @@ def _code_label(code: str) -> str:
     return code if code in KNOWN_CODES else "other"
 
 
+def _is_wrong_key(code: str, message: str) -> bool:
+    """Flashduty's answer to an unknown integration key: InvalidParameter naming ``integration_key``.
+
+    The spec's own example reads ``integration_key is not a valid one``; the bridge always sends
+    exactly one key, so an InvalidParameter about it can only mean the key is not accepted.
+    """
+    return code == "InvalidParameter" and "integration_key" in message.lower()
+
+
 class FlashdutyDestination:
     """Sends events to one Flashduty integration through the shared :class:`Transports`."""
 
@@ -224,6 +253,9 @@ class FlashdutyDestination:
         if error is not None:
             code = str(error.get("code") or "unknown")
             message = redact(str(error.get("message") or ""), self._key)[:_MAX_MESSAGE_CHARS]
+            if _is_wrong_key(code, message):
+                message = f"{message} (Flashduty code {code})"
+                return Outcome(Verdict.GIVE_UP, Reason.BAD_KEY, INVALID_INTEGRATION_KEY, message, request_id, status)
             verdict, reason = _CODE_REASONS.get(code, (Verdict.GIVE_UP, Reason.REJECTED))
             if code not in _CODE_REASONS and (status == 429 or status >= 500):
                 # An unknown code on a transient status: trust the status.
@@ -245,7 +277,7 @@ class FlashdutyDestination:
             return Outcome(
                 Verdict.RETRY,
                 Reason.SERVER_ERROR,
-                f"http_{status // 100}xx",
+                _HTTP_CODES.get(status // 100, "other"),
                 f"HTTP {status}: {snippet}",
                 request_id,
                 status,
@@ -253,7 +285,12 @@ class FlashdutyDestination:
             )
         reason = Reason.AUTH if status in (401, 403) else Reason.REJECTED
         return Outcome(
-            Verdict.GIVE_UP, reason, f"http_{status // 100}xx", f"HTTP {status}: {snippet}", request_id, status
+            Verdict.GIVE_UP,
+            reason,
+            _HTTP_CODES.get(status // 100, "other"),
+            f"HTTP {status}: {snippet}",
+            request_id,
+            status,
         )
 
 

@@ -12,7 +12,12 @@ attempt's :class:`Outcome` decides:
   exponential backoff with jitter, or after ``Retry-After`` when that is longer;
   a 429 also pauses the whole destination (the limit is per integration key);
 * give up → it becomes a dead letter, kept with the Flashduty request_id, code and
-  message, logged and counted. It no longer blocks its key.
+  message, logged and counted. It no longer blocks its key. A wrong integration key
+  (:attr:`Reason.BAD_KEY`) parks every event of its destination: that is said once at
+  ERROR per destination (again only after a success or a reload), not once per event.
+
+``attempts`` counts every attempt an event ever had, across replays, so "attempt 3" in
+the log is the third request Flashduty saw for that event.
 
 Storage failures (a full disk, I/O errors, a lost database) pause delivery, not the
 process: the outbox records them in its ``health`` (the bridge is not ready while one
@@ -36,7 +41,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bridge.config import DeliveryConfig, RateLimitConfig
-from bridge.destinations import Destination, Outcome, Reason, Verdict
+from bridge.destinations import INVALID_INTEGRATION_KEY, Destination, Outcome, Reason, Verdict
 from bridge.metrics import Metrics
 from bridge.outbox.model import Claimed, OutboxUnavailable
 from bridge.outbox.pacing import CircuitBreaker, CircuitState, RateLimiter
@@ -74,6 +79,8 @@ class _Lane:
     destination: Destination
     limiter: RateLimiter
     circuit: CircuitBreaker
+    #: Flashduty refused this destination's key and no success (or reload) has happened since.
+    key_rejected: bool = False
 
 
 class Dispatcher:
@@ -130,6 +137,7 @@ class Dispatcher:
             else:
                 lane.destination = destination
                 lane.limiter.resize(limits.per_second, limits.per_minute)
+                lane.key_rejected = False  # a reload may have fixed the key: say it again if not
 
     @property
     def running(self) -> bool:
@@ -355,32 +363,67 @@ class Dispatcher:
                 attempt,
                 outcome.request_id,
             )
+            if lane.key_rejected:
+                lane.key_rejected = False
+                log.info(
+                    "Flashduty accepts the integration key of destination %s again; events parked meanwhile"
+                    " wait as dead letters: flashduty-bridge deadletter replay --code %s --destination %s",
+                    destination,
+                    INVALID_INTEGRATION_KEY,
+                    destination,
+                )
         elif outcome.verdict is Verdict.RETRY:
             delay = backoff_delay(attempt, self.config, self._rand)
             if outcome.retry_after is not None:
                 delay = max(delay, min(outcome.retry_after, self.config.retry_after_max))
             await self.outbox.retry_later(event.id, self._clock() + delay, outcome.code, outcome.message)
             log.warning(
-                "attempt %d for %s %s to %s failed (%s, %s): %s; retrying in %.1fs",
+                "attempt %d for %s %s to %s failed (%s): %s; retrying in %.1fs",
                 attempt,
                 event.event_status,
                 event.alert_key,
                 destination,
-                outcome.reason.value,
-                outcome.code,
+                _why(outcome),
                 outcome.message,
                 delay,
             )
         else:
             await self.outbox.dead(event.id, outcome.code, outcome.message, outcome.request_id)
             self.metrics.dead_lettered.labels(destination, outcome.code).inc()
-            log.error(
-                "dead letter: %s %s to %s rejected (%s, %s, request_id %s): %s",
+            if outcome.reason is Reason.BAD_KEY and not lane.key_rejected:
+                lane.key_rejected = True
+                log.error(
+                    "destination %s: Flashduty does not accept its integration key (%s, request_id %s: %s);"
+                    " every event for it becomes a dead letter with code %s until the key is fixed."
+                    " Fix the key, reload, then: flashduty-bridge deadletter replay --code %s --destination %s",
+                    destination,
+                    _why(outcome),
+                    outcome.request_id,
+                    outcome.message,
+                    INVALID_INTEGRATION_KEY,
+                    INVALID_INTEGRATION_KEY,
+                    destination,
+                )
+            # One ERROR per wrong key (above), not one per event it parks.
+            level = logging.INFO if outcome.reason is Reason.BAD_KEY else logging.ERROR
+            log.log(
+                level,
+                "dead letter: %s %s to %s after attempt %d (%s, request_id %s): %s",
                 event.event_status,
                 event.alert_key,
                 destination,
-                outcome.reason.value,
-                outcome.code,
+                attempt,
+                _why(outcome),
                 outcome.request_id,
                 outcome.message,
             )
+
+
+def _why(outcome: Outcome) -> str:
+    """The code of a failed attempt, with its HTTP status unless the message starts with it.
+
+    ``InternalError, HTTP 500``; ``network``; ``http_5xx`` (its message reads ``HTTP 502: ...``).
+    """
+    if outcome.status is None or outcome.message.startswith(f"HTTP {outcome.status}"):
+        return outcome.code
+    return f"{outcome.code}, HTTP {outcome.status}"

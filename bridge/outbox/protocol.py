@@ -105,7 +105,10 @@ class Outbox(Protocol):
         """Dead letters matching ``where``, oldest first, with the fields of ``DEAD_LETTER_FIELDS``."""
 
     async def replay(self, where: DeadLetterFilter, force: bool = False) -> ReplayResult:
-        """Queue dead letters again, in their original per-key order (see ``policy.replay_verdict``)."""
+        """Queue dead letters again, in their original per-key order (see ``policy.replay_verdict``).
+
+        A replayed event is due at once and keeps its ``attempts``: they count every attempt it ever had.
+        """
 
     async def purge(self, where: DeadLetterFilter) -> int:
         """Delete dead letters for good; returns how many."""

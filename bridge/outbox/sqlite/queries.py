@@ -332,7 +332,8 @@ class Queries:
             if verdict is policy.ReplayVerdict.SUPERSEDED:
                 result.superseded.append(event_id)
                 continue
-            db.execute("UPDATE events SET state = 'pending', attempts = 0, dead_at = NULL WHERE id = ?", (event_id,))
+            # attempts keeps counting: the history of what Flashduty was sent stays true.
+            db.execute("UPDATE events SET state = 'pending', dead_at = NULL WHERE id = ?", (event_id,))
             self.pending += 1
             # The replayed event is older than anything pending for its key, or it is alone.
             db.execute(
