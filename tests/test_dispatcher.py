@@ -25,7 +25,7 @@ from bridge.config import CircuitConfig, DeliveryConfig, RateLimitConfig
 from bridge.destinations import INVALID_INTEGRATION_KEY, Outcome, Reason, Verdict
 from bridge.metrics import Metrics
 from bridge.outbox import ClaimResult, DeadLetterFilter, NewEvent, Outbox, OutboxStats, OutboxUnavailable
-from bridge.outbox.dispatcher import LEASE_SECONDS, Dispatcher, backoff_delay
+from bridge.outbox.dispatcher import IDLE_POLL_SECONDS, LEASE_SECONDS, Dispatcher, backoff_delay
 from tests.support.clock import FakeClock
 from tests.support.outboxes import BACKENDS, OutboxBackend, backend_under_test
 
@@ -274,11 +274,41 @@ async def until(condition: Callable[[], bool | Awaitable[bool]], what: str = "co
         pytest.fail(f"timed out waiting for {what}")
 
 
-async def settle(dispatcher: Dispatcher) -> None:
-    """Wake the feeder and let it run a few loop turns (no assertion depends on how long this takes)."""
-    for _ in range(3):
+async def settle(h: Harness, dispatcher: Dispatcher, destination: ScriptedDestination, passes: int = 2) -> None:
+    """Wake the feeder until ``passes`` whole passes that began after this call have finished, and every event
+    they claimed has reached the destination: whatever the feeder would do now, it has done.
+
+    A signal, not a sleep: ``CountingOutbox`` counts passes started and finished (the harness refreshes stats
+    and scans destinations on every pass), and claimed events against the destination's calls.
+    """
+    target = h.outbox.passes + passes
+
+    def done() -> bool:
         dispatcher.wake()
-        await asyncio.sleep(0.02)
+        return h.outbox.finished >= target and h.outbox.claimed == len(destination.calls)
+
+    await until(done, f"{passes} feeder passes")
+
+
+def record_idles(dispatcher: Dispatcher) -> list[tuple[float, bool]]:
+    """Record every sleep the feeder asks for: (seconds, whether a wake-up was already pending)."""
+    idles: list[tuple[float, bool]] = []
+    sleep = dispatcher._idle
+
+    async def idle(seconds: float) -> None:
+        idles.append((seconds, dispatcher._wake.is_set()))
+        await sleep(seconds)
+
+    dispatcher._idle = idle  # type: ignore[method-assign]
+    return idles
+
+
+async def next_sleep(dispatcher: Dispatcher, idles: list[tuple[float, bool]]) -> float:
+    """Wake the feeder once; the sleep it asks for after a whole pass that began after the wake-up."""
+    mark = len(idles)
+    dispatcher.wake()
+    await until(lambda: any(not pending for _, pending in idles[mark:]), "the feeder to go back to sleep")
+    return next(seconds for seconds, pending in idles[mark:] if not pending)
 
 
 def max_in_any_window(times: list[float], length: float) -> int:
@@ -316,7 +346,7 @@ async def test_a_retried_firing_event_is_never_overtaken_by_the_ok_of_its_key(h:
     dispatcher = h.dispatcher(destination, backoff_initial=10)
 
     await h.attempt_recorded("firing", 1)
-    await settle(dispatcher)  # the Ok is due, but must stay blocked behind the firing event
+    await settle(h, dispatcher, destination)  # the Ok is due, but must stay blocked behind the firing event
     assert destination.calls == ["firing"]
 
     h.clock.advance(10)
@@ -485,7 +515,7 @@ async def test_rate_limit_headroom_gauge_follows_the_sends(h: Harness) -> None:
     dispatcher = h.dispatcher(destination, rate_limits={DEST: RateLimitConfig(per_second=5, per_minute=50)})
 
     await until(lambda: h.rows() == {}, "three deliveries")
-    await settle(dispatcher)
+    await settle(h, dispatcher, destination)
 
     assert h.sample("flashduty_bridge_rate_limit_headroom", destination=DEST, window="second") == 2
     assert h.sample("flashduty_bridge_rate_limit_headroom", destination=DEST, window="minute") == 47
@@ -555,14 +585,14 @@ async def test_circuit_opens_after_consecutive_failures_then_one_probe_closes_it
 
     # Nothing goes out during the cool-down, however often the dispatcher is woken.
     h.clock.now = opened_at + 9.9
-    await settle(dispatcher)
+    await settle(h, dispatcher, destination)
     assert destination.calls == failing
 
     # After it, exactly one probe, though three workers are free and five events are due.
     h.clock.now = opened_at + 10
     dispatcher.wake()
     await until(lambda: destination.active == 1, "the probe to start")
-    await settle(dispatcher)
+    await settle(h, dispatcher, destination)
     assert destination.calls == [*failing, "later-0"]
     assert dispatcher.circuits() == {DEST: "half_open"}
     assert h.sample("flashduty_bridge_circuit_open", destination=DEST) == 1
@@ -571,7 +601,7 @@ async def test_circuit_opens_after_consecutive_failures_then_one_probe_closes_it
     await until(lambda: set(h.rows()) == set(failing), "the backlog to drain")
     assert sorted(destination.calls[3:]) == backlog
     assert dispatcher.circuits() == {DEST: "closed"}
-    await settle(dispatcher)
+    await settle(h, dispatcher, destination)
     assert h.sample("flashduty_bridge_circuit_open", destination=DEST) == 0
 
 
@@ -592,7 +622,7 @@ async def test_failed_probe_reopens_the_circuit_for_a_doubled_cooldown(h: Harnes
     assert dispatcher.circuits() == {DEST: "open"}
 
     h.clock.now = opened_at + 10 + 19.9
-    await settle(dispatcher)
+    await settle(h, dispatcher, destination)
     assert len(destination.calls) == 3
     h.clock.now = opened_at + 10 + 20
     dispatcher.wake()
@@ -614,42 +644,39 @@ async def test_a_rejected_event_resets_the_circuit_failure_count(h: Harness) -> 
 
 @pytest.mark.parametrize("held_by", ["429 pause", "open circuit"])
 async def test_feeder_sleeps_while_the_destination_is_held_back(h: Harness, held_by: str) -> None:
-    """While the only destination may not be sent to, the feeder idles instead of polling the outbox in a loop."""
+    """While the only destination may not be sent to, the feeder sleeps until the next poll instead of polling
+    the outbox in a loop (the fake clock is frozen: nothing becomes due sooner)."""
     await h.put(("k1", "first"), ("k2", "waiting"))
     outcome = rate_limited(retry_after=60) if held_by == "429 pause" else retry()
     destination = ScriptedDestination(script={"first": [outcome]})
-    h.dispatcher(destination, workers=1, backoff_initial=1000, circuit=CircuitConfig(failures=1, cooldown=60))
+    dispatcher = h.dispatcher(
+        destination, workers=1, backoff_initial=1000, circuit=CircuitConfig(failures=1, cooldown=60)
+    )
+    idles = record_idles(dispatcher)
     await h.attempt_recorded("first", 1)
-    await asyncio.sleep(0.05)  # let the wake-up from the finished attempt run its course
 
-    before = h.outbox.passes
-    await asyncio.sleep(0.3)  # fake clock frozen: a correct feeder wakes at most once (IDLE_POLL_SECONDS = 1 s)
-
+    assert await next_sleep(dispatcher, idles) == pytest.approx(IDLE_POLL_SECONDS)
     assert destination.calls == ["first"]
-    assert h.outbox.passes - before <= 2
 
 
 async def test_feeder_sleeps_while_a_half_open_probe_is_in_flight(h: Harness) -> None:
-    """While the single probe of a half-open circuit runs, the feeder idles though workers are free and events due."""
+    """While the single probe of a half-open circuit runs, the feeder sleeps though workers are free and events due."""
     await h.put(("k0", "fail-0"), ("k1", "fail-1"), ("k2", "probe"), ("k3", "waiting"))
     gate = asyncio.Event()
     destination = ScriptedDestination(script={"fail-0": [retry()], "fail-1": [retry()]}, gates={"probe": gate})
     dispatcher = h.dispatcher(
         destination, workers=2, backoff_initial=1000, circuit=CircuitConfig(failures=2, cooldown=10)
     )
+    idles = record_idles(dispatcher)
     try:
         await h.attempt_recorded("fail-1", 1)
         await until(lambda: dispatcher.circuits() == {DEST: "open"}, "the circuit to open")
         h.clock.advance(10)
         dispatcher.wake()
         await until(lambda: destination.active == 1, "the probe to start")
-        await asyncio.sleep(0.05)
 
-        before = h.outbox.passes
-        await asyncio.sleep(0.3)  # fake clock frozen: a correct feeder wakes at most once (IDLE_POLL_SECONDS = 1 s)
-
+        assert await next_sleep(dispatcher, idles) == pytest.approx(IDLE_POLL_SECONDS)
         assert destination.calls == ["fail-0", "fail-1", "probe"]
-        assert h.outbox.passes - before <= 2
     finally:
         gate.set()
 
@@ -826,7 +853,7 @@ async def test_outbox_gauges_follow_the_backlog(h: Harness) -> None:
     assert h.sample("flashduty_bridge_outbox_oldest_pending_age_seconds") == 42
     gate.set()
     await until(lambda: h.rows() == {}, "delivery")
-    await settle(dispatcher)
+    await settle(h, dispatcher, destination)
     assert h.sample("flashduty_bridge_outbox_pending") == 0
     assert h.sample("flashduty_bridge_outbox_oldest_pending_age_seconds") == 0
 
@@ -888,7 +915,7 @@ async def test_a_failure_during_a_pass_is_not_cleared_by_that_pass(h: Harness) -
     await until(lambda: h.rows() == {}, "the event to be delivered")
     passes = h.outbox.finished
     await until(lambda: h.outbox.finished > passes + 2, "a few more passes")
-    await settle(dispatcher)
+    await settle(h, dispatcher, destination)
 
     assert h.outbox.health.problem == "probe failed: database or disk is full"  # the next passes probed
 
@@ -903,7 +930,7 @@ async def test_an_ack_that_cannot_be_recorded_keeps_the_event_for_another_attemp
     dispatcher = h.dispatcher(destination)
     await until(lambda: failures == ["record"], "the failed ack to be recorded")
     h.outbox.failing = set()
-    await settle(dispatcher)
+    await settle(h, dispatcher, destination)
     assert destination.calls == ["once-more"]  # leased: not sent again before the lease runs out
     assert set(h.rows()) == {"once-more"}
 
@@ -917,7 +944,9 @@ async def test_an_ack_that_cannot_be_recorded_keeps_the_event_for_another_attemp
 # -- stop, unknown destinations, concurrency ---------------------------------------------------------
 
 
-async def test_stop_waits_for_the_inflight_attempt_and_leaves_the_rest_queued(h: Harness) -> None:
+async def test_stop_waits_for_the_inflight_attempt_and_leaves_the_rest_queued(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
     """stop() lets the running attempt finish and record its outcome, and claims nothing more."""
     gate = asyncio.Event()
     destination = ScriptedDestination(gate=gate)
@@ -925,8 +954,9 @@ async def test_stop_waits_for_the_inflight_attempt_and_leaves_the_rest_queued(h:
     dispatcher = h.dispatcher(destination, workers=1)
     await until(lambda: destination.active == 1, "the first attempt to start")
 
+    caplog.set_level(logging.INFO, logger="bridge.outbox")
     stopping = asyncio.create_task(dispatcher.stop(timeout=30))
-    await asyncio.sleep(0.05)
+    await until(lambda: any("in flight" in r.getMessage() for r in caplog.records), "stop() to wait for the attempt")
     assert not stopping.done()  # still waiting for the attempt
 
     gate.set()
@@ -1016,7 +1046,7 @@ async def test_workers_limit_caps_concurrent_attempts(h: Harness) -> None:
     dispatcher = h.dispatcher(destination, workers=2)
 
     await until(lambda: destination.active == 2, "two attempts to start")
-    await settle(dispatcher)
+    await settle(h, dispatcher, destination)
     assert destination.calls == ["e0", "e1"]
 
     gate.set()
@@ -1032,16 +1062,15 @@ async def test_default_dispatcher_scans_the_outbox_for_destinations_only_now_and
     outbox = CountingOutbox(backend.make(max_pending=10, clock=clock))
     await outbox.open()
     dispatcher = Dispatcher(outbox, {}, Metrics(CollectorRegistry()), DeliveryConfig(), {}, clock=clock)  # type: ignore[arg-type]
+    idles = record_idles(dispatcher)
     dispatcher.start()
     try:
-        for _ in range(20):
-            dispatcher.wake()
-            await asyncio.sleep(0.01)
+        for _ in range(20):  # 20 whole passes, each woken up
+            await next_sleep(dispatcher, idles)
         assert outbox.passes == 1  # scanned once; the fake clock never moved 5 s
         assert outbox.finished == 1
         clock.advance(6)
-        dispatcher.wake()
-        await asyncio.sleep(0.05)
+        await next_sleep(dispatcher, idles)
         assert outbox.passes == 2 and outbox.finished == 2
     finally:
         await dispatcher.stop(timeout=1)

@@ -117,11 +117,11 @@ def test_outage_with_dropped_connections_and_kill_9_delivers_everything_in_order
 
 
 def test_circuit_opens_during_an_outage_and_closes_after_it(emulator: Emulator, make_bridge: MakeBridge) -> None:
-    """Repeated 503s open the circuit (probing instead of hammering); readiness stays 200 and reports it."""
-    httpx.put(
-        f"{emulator.url}/-/faults",
-        json={"outage": {"seconds": 3, "answer": {"status": 503, "code": "InternalError"}}},
-    ).raise_for_status()
+    """Repeated 503s open the circuit (probing instead of hammering); readiness stays 200 and reports it.
+
+    The outage starts once the bridge is up and ends only after the test has seen the circuit open and
+    probe: a timed outage could be over before the bridge had even started.
+    """
     bridge = make_bridge(
         emulator,
         delivery={
@@ -131,17 +131,28 @@ def test_circuit_opens_during_an_outage_and_closes_after_it(emulator: Emulator, 
             "circuit": {"failures": 3, "cooldown": "500ms", "max_cooldown": "500ms"},
         },
     )
+    httpx.put(
+        f"{emulator.url}/-/faults",
+        json={"outage": {"seconds": 600, "answer": {"status": 503, "code": "InternalError"}}},
+    ).raise_for_status()
     alerts = [alert({"alertname": "Down", "instance": f"n{i}"}) for i in range(20)]
     assert bridge.post("/alertmanager", webhook(*alerts)).status_code == 200
     wait_for(lambda: bridge.metric("flashduty_bridge_circuit_open", destination="default") == 1, what="open circuit")
     ready = httpx.get(f"{bridge.url}/-/ready")
     assert ready.status_code == 200
     assert ready.json()["circuits"]["default"] in ("open", "half_open")
+    # While open, only probes go out: wait for two of them after the circuit opened.
+    opened_with = len(emulator.requests())
+    wait_for(lambda: len(emulator.requests()) >= opened_with + 2, what="two probes")
+    failed = sum(1 for r in emulator.requests() if r["status"] == 503)
+    httpx.delete(f"{emulator.url}/-/faults").raise_for_status()  # the outage ends
+
     wait_for(lambda: len(emulator.bodies(TEST_KEY)) == 20, timeout=30, what="delivery after the outage")
     wait_for(lambda: bridge.metric("flashduty_bridge_circuit_open", destination="default") == 0, what="closed")
-    # Without the breaker, 20 events retrying every 20-50 ms for 3 s would be several hundred attempts.
-    failed = sum(1 for r in emulator.requests() if r["status"] == 503)
-    assert failed < 60, failed
+    # Two probes take at least two cool-downs (1 s): without the breaker, 20 events retrying every 20-50 ms
+    # would have failed several hundred times by then; with it, the attempts in flight when it opened (about
+    # one per worker) and a probe per cool-down.
+    assert failed <= 30, failed
 
 
 def test_a_wrong_integration_key_parks_events_until_the_key_is_fixed_and_they_are_replayed(

@@ -291,8 +291,13 @@ def test_render_endpoint_and_cli_show_events_without_sending(
     )
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["events"][0]["event"]["title_rule"] == "db is down"
-    time.sleep(0.5)
-    assert emulator.bodies(TEST_KEY) == []
+    # Had a preview queued its event, the same payload sent for real would repeat it and be suppressed; and it
+    # would reach Flashduty first (per-key order). Neither: the real one is new, and alone.
+    sent = bridge.post("/webhook/uptime", body)
+    assert sent.json()["data"]["suppressed"] == 0 and sent.json()["data"]["events"] == 1, sent.text
+    delivered = wait_for(lambda: emulator.bodies(TEST_KEY), what="the real delivery")
+    assert [b["alert_key"] for b in delivered] == ["uptime:c9"]
+    assert bridge.metric("flashduty_bridge_events_total") == 1
 
 
 def test_test_templates_passes_good_expectations_and_prints_a_diff_for_bad_ones(tmp_path: Path) -> None:

@@ -161,6 +161,7 @@ class Dispatcher:
         if self._feeder is not None:
             await self._feeder
         if self._inflight:
+            log.info("waiting up to %.0fs for %d delivery attempts in flight", timeout, len(self._inflight))
             _, pending = await asyncio.wait(self._inflight, timeout=timeout)
             for task in pending:
                 task.cancel()  # its lease is cleared when the outbox is opened again
