@@ -18,7 +18,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -42,6 +42,9 @@ from bridge.runtime import Runtime
 
 log = logging.getLogger("bridge.app")
 
+#: Config sections a reload cannot apply to a running process (the socket, the outbox, the workers).
+RESTART_ONLY = ("listen", "storage", "delivery")
+
 #: How long SIGTERM waits for in-flight delivery attempts.
 SHUTDOWN_GRACE_SECONDS = 15.0
 
@@ -59,33 +62,46 @@ class Bridge:
     dry_run_log: DryRunDestination | None
     #: Destinations of keys given in senders' URLs (capped, retired when idle).
     passthrough: PassthroughKeys
+    #: The config the process started with: what RESTART_ONLY sections run with until a restart.
+    started: Config = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.started = self.runtime.config
 
     @property
     def config(self) -> Config:
         return self.runtime.config
 
     def reload(self) -> tuple[bool, str]:
-        """Load the config file again; keep the running config if the new one is invalid."""
+        """Load the config file again; keep the running config if the new one is invalid.
+
+        Sections that only a restart applies (:data:`RESTART_ONLY`) stay as the process
+        started with them, so :attr:`config` always says what runs; the answer notes which of
+        them the file now sets differently, compared with what runs, not with the last reload.
+        """
         metrics = self.metrics
         if self.config_path is None:
             return False, "no config file to reload (started without --config)"
         try:
             new = load_config(self.config_path)
-            runtime = runtime_module.build(new, self.http)
+            applied = new.model_copy(update={name: getattr(self.started, name) for name in RESTART_ONLY})
+            runtime = runtime_module.build(applied, self.http)
         except ConfigError as exc:
             metrics.reloads.labels("failure").inc()
             metrics.reload_success.set(0)
-            message = f"reload refused, the running config stays in force: {exc}"
+            # Named by the file: problems found past parsing (a key file) come labelled by section.
+            problems = "; ".join(exc.problems)
+            message = f"reload refused, the running config stays in force: {self.config_path}: {problems}"
             log.error("%s", message)
             return False, message
-        fixed = [name for name in ("listen", "storage", "delivery") if getattr(new, name) != getattr(self.config, name)]
-        logs.add_secrets(runtime_module.secrets(runtime_module.integration_keys(new)))
+        pending = [name for name in RESTART_ONLY if getattr(new, name) != getattr(self.started, name)]
+        logs.add_secrets(runtime_module.secrets(runtime_module.integration_keys(applied)))
         self.dispatcher.add_destinations(runtime.destinations, runtime.rate_limits)
         self.runtime = runtime
         metrics.reloads.labels("success").inc()
         metrics.reload_success.set(1)
         metrics.reload_time.set(time.time())
-        note = f"; {', '.join(fixed)} changed and need a restart" if fixed else ""
+        note = f"; not applied until a restart: {', '.join(pending)}" if pending else ""
         log.info(
             "config reloaded from %s (%d routes, %d destinations)%s",
             self.config_path,
@@ -97,12 +113,15 @@ class Bridge:
 
 
 async def reload_config(request: Request) -> Response:
-    """``POST /-/reload``, as in Prometheus and Alertmanager."""
+    """``POST /-/reload``, as in Prometheus and Alertmanager: 200, or 409 ``ReloadRefused`` (the old config stays)."""
     bridge: Bridge = request.app.state.bridge
     ok, message = bridge.reload()
     if ok:
         return envelope(200, uuid.uuid4().hex, data={"message": message})
-    return envelope(500 if bridge.config_path else 400, uuid.uuid4().hex, code="InvalidParameter", message=message)
+    # The request is fine and nothing failed: the file (or its absence) cannot be applied now, and
+    # the same request will work once it is fixed. That is a conflict with the server's state (409),
+    # not a bad parameter, nor a 5xx (retrying cannot help).
+    return envelope(409, uuid.uuid4().hex, code="ReloadRefused", message=message)
 
 
 async def healthy(request: Request) -> Response:

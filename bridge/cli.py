@@ -23,7 +23,10 @@ def load_or_exit(path: str | None) -> config.Config:
 
     try:
         cfg = config.load(Path(path) if path else None)
-        integration_keys(cfg)
+        try:
+            integration_keys(cfg)
+        except config.ConfigError as exc:  # labelled by section; the header names the file
+            raise config.ConfigError(path or "(defaults)", exc.problems) from None
         return cfg
     except config.ConfigError as exc:
         print(f"error: invalid configuration {exc.source}:", file=sys.stderr)
@@ -63,13 +66,15 @@ def serve(args: argparse.Namespace) -> int:
     from bridge.app import create_app
 
     cfg = load_or_exit(args.config)
+    # --listen wins over the file's `listen`, but the app keeps the file's config as loaded:
+    # a reload compares the file with it, so an unchanged file never reads as "listen changed".
+    listen = args.listen or cfg.listen
     if args.listen:
         try:
             config.split_listen(args.listen)
         except ValueError as exc:
             print(f"error: --listen {exc}", file=sys.stderr)
             return 2
-        cfg = cfg.model_copy(update={"listen": args.listen})
     problem = _storage_problem(cfg.storage.path)
     if problem:
         print(f"error: storage.path {cfg.storage.path}: {problem}", file=sys.stderr)
@@ -79,7 +84,7 @@ def serve(args: argparse.Namespace) -> int:
     logs.setup(cfg.log_level, secrets=integration_keys(cfg).values())
     for name in cfg.unset_variables:
         log.warning("environment variable %s is not set; it expanded to an empty string", name)
-    host, port = config.split_listen(cfg.listen)
+    host, port = config.split_listen(listen)
     server_config = uvicorn.Config(
         cast(Any, None),  # set below, once the outbox is open; the config first gives us uvicorn's loop
         host=host,
@@ -100,7 +105,7 @@ def serve(args: argparse.Namespace) -> int:
             return outbox_exit_code(refused)
         server_config.app = create_app(cfg, config_path=Path(args.config) if args.config else None, outbox=outbox)
         server = uvicorn.Server(server_config)
-        log.info("flashduty-bridge %s listening on %s", __version__, cfg.listen)
+        log.info("flashduty-bridge %s listening on %s", __version__, listen)
         try:
             await server.serve()
         finally:

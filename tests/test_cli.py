@@ -115,6 +115,17 @@ def test_check_config_missing_file_exits_2_without_traceback(tmp_path: Path) -> 
     assert "Traceback" not in result.stderr
 
 
+def test_check_config_names_the_file_when_a_key_file_is_missing(tmp_path: Path) -> None:
+    """A missing integration_key_file is reported under the config file's name, not "destinations:"."""
+    path = write(tmp_path, f"destinations:\n  db: {{integration_key_file: {tmp_path / 'db.key'}}}\n")
+    result = run_bridge("check-config", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: invalid configuration {path}:",
+        f"  - destinations.db.integration_key_file: cannot read {tmp_path / 'db.key'}: No such file or directory",
+    ]
+
+
 def test_check_config_warns_about_unset_variable(tmp_path: Path) -> None:
     """`integration_key: ${SOME_UNSET}` passes but warns on stderr that the variable is not set."""
     path = write(tmp_path, "flashduty:\n  integration_key: ${SOME_UNSET_FOR_BRIDGE_TEST}\n")

@@ -295,7 +295,7 @@ def test_broken_config_is_refused_by_check_config_and_reload_while_the_bridge_ke
     )
     assert check.returncode == 2 and message in check.stderr, check.stderr
     refused = httpx.post(f"{bridge.url}/-/reload")
-    assert refused.status_code == 500 and message in refused.json()["error"]["message"]
+    assert refused.status_code == 409 and message in refused.json()["error"]["message"]
     assert bridge.metric("flashduty_bridge_config_last_reload_successful") == 0
     assert bridge.metric("flashduty_bridge_config_reloads_total", result="failure") == 1
     assert bridge.post("/alertmanager", webhook(alert({"alertname": "Still", "team": "db"}))).status_code == 200
