@@ -1,8 +1,10 @@
 """``flashduty-bridge deadletter list|show|replay|purge``.
 
 Talks to a running bridge's admin API (``--url``, with ``--token`` or
-``BRIDGE_ADMIN_TOKEN``), or, with ``--config`` while the bridge is stopped, opens its
-outbox directly. Both paths run the same outbox code, so they behave the same.
+``BRIDGE_ADMIN_TOKEN``). With ``--config``: if that bridge runs (its outbox is in use),
+through its admin API at the config's ``listen`` with its ``admin.token``; if it is
+stopped, by opening its outbox directly. Every path runs the same outbox code, so they
+behave the same.
 """
 
 from __future__ import annotations
@@ -38,14 +40,19 @@ def add_parser(commands: Any) -> None:
         action = actions.add_parser(name, help=text)
         where = action.add_mutually_exclusive_group(required=True)
         where.add_argument("--url", help="a running bridge, e.g. http://127.0.0.1:9095 (admin API)")
-        where.add_argument("--config", help="the bridge's config file, to open its outbox while it is stopped")
-        action.add_argument("--token", help=f"admin token (default: ${TOKEN_ENV_VAR})")
+        where.add_argument(
+            "--config",
+            help="the bridge's config file: its admin API (listen, admin.token) while it runs, else its outbox",
+        )
+        action.add_argument("--token", help=f"admin token (default: the config's admin.token, else ${TOKEN_ENV_VAR})")
         if name == "show":
             action.add_argument("id", type=int)
             continue
         action.add_argument("--id", dest="ids", type=int, action="append", default=[], help="repeatable")
         action.add_argument("--destination")
-        action.add_argument("--code", help="Flashduty error code, e.g. Unauthorized, NoLicense, expired")
+        action.add_argument(
+            "--code", help="the dead letter's code, e.g. InvalidIntegrationKey, Unauthorized, NoLicense, expired"
+        )
         action.add_argument("--older-than", help="dead for at least this long, e.g. 1h")
         action.add_argument("--limit", type=int, default=1000)
         if name == "replay":
@@ -70,35 +77,69 @@ def _selection(args: argparse.Namespace) -> Selection:
     return Selection.model_validate({k: v for k, v in fields.items() if v is not None})
 
 
-def _over_http(args: argparse.Namespace, selection: Selection) -> tuple[int, dict[str, Any]]:
-    token = args.token or os.environ.get(TOKEN_ENV_VAR, "")
+class CommandError(Exception):
+    """A problem to print as one line, with the exit code it deserves."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _over_http(args: argparse.Namespace, selection: Selection, url: str, token: str) -> tuple[int, dict[str, Any]]:
+    if not token:
+        raise CommandError(f"no admin token: give --token or set {TOKEN_ENV_VAR} to the bridge's admin.token", 2)
     headers = {"Authorization": f"Bearer {token}"}
-    base = args.url.rstrip("/") + "/api/v1/dead-letters"
+    base = url.rstrip("/") + "/api/v1/dead-letters"
     body = selection.model_dump(mode="json", exclude_defaults=True)
-    with httpx.Client(headers=headers, timeout=30, trust_env=False) as client:
-        if args.action == "list":
-            params = {k: ",".join(map(str, v)) if k == "ids" else v for k, v in body.items()}
-            response = client.get(base, params=params)
-        elif args.action == "show":
-            response = client.get(f"{base}/{args.id}")
-        else:
-            response = client.post(f"{base}/{args.action}", json=body)
-    answer: dict[str, Any] = response.json()
+    try:
+        with httpx.Client(headers=headers, timeout=30, trust_env=False) as client:
+            if args.action == "list":
+                params = {k: ",".join(map(str, v)) if k == "ids" else v for k, v in body.items()}
+                response = client.get(base, params=params)
+            elif args.action == "show":
+                response = client.get(f"{base}/{args.id}")
+            else:
+                response = client.post(f"{base}/{args.action}", json=body)
+    except httpx.HTTPError as exc:
+        raise CommandError(f"cannot reach {url}: {exc}") from None
+    try:
+        answer: dict[str, Any] = response.json()
+    except ValueError:
+        raise CommandError(f"{url} is not a bridge's admin API (HTTP {response.status_code}, not JSON)") from None
     if "error" in answer:
         return 1, {"error": answer["error"], "status": response.status_code}
     return 0, answer["data"]
 
 
-async def _offline(args: argparse.Namespace, selection: Selection) -> tuple[int, dict[str, Any]]:
+def admin_url(listen: str) -> str:
+    """Where a bridge listening on ``listen`` is reached from this host (a wildcard address means loopback)."""
+    host, port = config_module.split_listen(listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def _with_config(args: argparse.Namespace, selection: Selection) -> tuple[int, dict[str, Any]]:
+    """The bridge of ``--config``: its outbox if it is stopped, else its admin API."""
     try:
         cfg = config_module.load(Path(args.config))
     except config_module.ConfigError as exc:
         return 2, {"error": {"code": "InvalidConfig", "message": "; ".join(exc.problems)}}
     try:
         outbox = await open_outbox(cfg.storage, cfg.delivery)
+    except OutboxInUse:
+        # The bridge runs: ask it, where its config says it listens, with the token it checks.
+        url = admin_url(cfg.listen)
+        token = args.token or cfg.admin.token.get_secret_value() or os.environ.get(TOKEN_ENV_VAR, "")
+        try:
+            return await asyncio.to_thread(_over_http, args, selection, url, token)
+        except CommandError as error:
+            raise CommandError(
+                f"the outbox of {args.config} is in use by a running bridge, but its admin API at the"
+                f" config's listen failed: {error}. If it was started with --listen, use --url.",
+                error.exit_code,
+            ) from None
     except OutboxUnavailable as exc:
-        hint = "; while it runs, use --url" if isinstance(exc, OutboxInUse) else ""
-        return 1, {"error": {"code": "Unavailable", "message": f"{exc}{hint}"}}
+        return 1, {"error": {"code": "Unavailable", "message": str(exc)}}
     try:
         where: DeadLetterFilter = selection.to_filter()
         if args.action in ("list", "show"):
@@ -123,9 +164,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
     try:
-        code, data = _over_http(args, selection) if args.url else asyncio.run(_offline(args, selection))
-    except httpx.HTTPError as exc:
-        print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
+        if args.url:
+            code, data = _over_http(args, selection, args.url, args.token or os.environ.get(TOKEN_ENV_VAR, ""))
+        else:
+            code, data = asyncio.run(_with_config(args, selection))
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     print(json.dumps(data, indent=2, ensure_ascii=False), file=sys.stderr if code else sys.stdout)
     return code

@@ -126,6 +126,25 @@ def test_check_config_names_the_file_when_a_key_file_is_missing(tmp_path: Path) 
     ]
 
 
+@pytest.mark.parametrize("token", [None, ""])
+def test_deadletter_without_a_token_says_the_token_is_missing(token: str | None) -> None:
+    """No --token and no BRIDGE_ADMIN_TOKEN: say so (not "Illegal header value b'Bearer '"), before any request."""
+    env = {"BRIDGE_ADMIN_TOKEN": token} if token is not None else {}
+    base = {k: v for k, v in os.environ.items() if k != "BRIDGE_ADMIN_TOKEN"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "deadletter", "list", "--url", f"http://127.0.0.1:{free_port()}"],
+        cwd=REPO_ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: no admin token: give --token or set BRIDGE_ADMIN_TOKEN to the bridge's admin.token"
+    )
+
+
 def test_check_config_warns_about_unset_variable(tmp_path: Path) -> None:
     """`integration_key: ${SOME_UNSET}` passes but warns on stderr that the variable is not set."""
     path = write(tmp_path, "flashduty:\n  integration_key: ${SOME_UNSET_FOR_BRIDGE_TEST}\n")

@@ -18,6 +18,7 @@ import httpx
 import yaml
 
 from tests.conftest import ADMIN_TOKEN, TEST_KEY, Bridge, Emulator, start_emulator, wait_for
+from tests.support.procs import free_port
 from tests.test_app import alert, webhook
 from tests.test_delivery import sequence_per_key
 
@@ -292,19 +293,49 @@ def test_events_past_the_retry_horizon_become_expired_dead_letters(tmp_path: Pat
     assert bridge.metric("flashduty_bridge_dead_lettered_total", code="expired") == 1
 
 
-def test_deadletter_cli_works_offline_and_refuses_while_the_bridge_runs(
+def test_deadletter_cli_with_config_talks_to_the_running_bridge_and_reads_the_outbox_when_stopped(
     emulator: Emulator, make_bridge: MakeBridge
 ) -> None:
-    """`deadletter list --config` reads the outbox of a stopped bridge, and says to use --url while it runs."""
+    """`deadletter ... --config` uses the running bridge's admin API (its listen and admin.token from the config)
+    and, once the bridge is stopped, its outbox directly: the same answers either way."""
     emulator.fault({"status": 400, "code": "InvalidParameter", "message": "nope"})
-    bridge = make_bridge(emulator)
+    bridge = make_bridge(emulator, start=False)
+    config = yaml.safe_load(bridge.config_path.read_text())
+    # The admin token comes from the environment through ${...}, as in config/example.yaml.
+    config.update(listen=f"127.0.0.1:{bridge.port}", admin={"token": "${BRIDGE_ADMIN_TOKEN}"})
+    bridge.config_path.write_text(yaml.safe_dump(config))
+    bridge.env["BRIDGE_ADMIN_TOKEN"] = ADMIN_TOKEN
+    bridge.start()
     assert bridge.post("/alertmanager", webhook(alert({"alertname": "Cli"}))).status_code == 200
     wait_for(lambda: bridge.metric("flashduty_bridge_dead_letters") == 1, what="dead letter")
-    argv = [sys.executable, "-m", "bridge", "deadletter", "list", "--config", str(bridge.config_path)]
-    running = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert running.returncode == 1 and "use --url" in running.stderr
+
+    def deadletter(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "bridge", "deadletter", *args, "--config", str(bridge.config_path)]
+        env = {"BRIDGE_ADMIN_TOKEN": ADMIN_TOKEN, "PATH": "/usr/bin:/bin"}
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+
+    running = deadletter("list", "--code", "InvalidParameter")
+    assert running.returncode == 0, running.stderr
+    (letter,) = json.loads(running.stdout)["dead_letters"]
+    assert letter["last_code"] == "InvalidParameter"
+    assert bridge.admin("GET", "/dead-letters").json()["data"]["dead_letters"] == [letter]  # it was the API
     bridge.stop()
-    stopped = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    stopped = deadletter("list", "--code", "InvalidParameter")
     assert stopped.returncode == 0, stopped.stderr
-    assert '"last_code": "InvalidParameter"' in stopped.stdout
-    assert TEST_KEY not in stopped.stdout + stopped.stderr
+    assert json.loads(stopped.stdout)["dead_letters"] == [letter]
+    assert TEST_KEY not in running.stdout + running.stderr + stopped.stdout + stopped.stderr
+
+
+def test_deadletter_cli_with_config_says_what_to_do_when_the_running_bridge_cannot_be_reached(
+    emulator: Emulator, make_bridge: MakeBridge
+) -> None:
+    """The outbox is in use but nothing answers at the config's listen (started with --listen): one clear line."""
+    bridge = make_bridge(emulator)  # the file has no listen: the default 0.0.0.0:9095 is not where it runs
+    config = yaml.safe_load(bridge.config_path.read_text())
+    config["listen"] = f"127.0.0.1:{free_port()}"
+    bridge.config_path.write_text(yaml.safe_dump(config))
+    argv = [sys.executable, "-m", "bridge", "deadletter", "list", "--config", str(bridge.config_path)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "in use by a running bridge" in result.stderr and "--url" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
