@@ -39,6 +39,7 @@ from pydantic import (
 from bridge.auth import AuthConfig, NoAuth
 from bridge.contract import EVENT_STATUSES
 from bridge.fields import (
+    AbsolutePath,
     CompiledTemplate,
     Expression,
     FiringStatus,
@@ -100,7 +101,7 @@ class _Frozen(BaseModel):
 
 
 class StorageConfig(_Frozen):
-    path: Path = Path(DEFAULT_STORAGE_PATH)
+    path: AbsolutePath = Field(Path(DEFAULT_STORAGE_PATH), validate_default=True)
     #: Pending events above which senders get 503 (Alertmanager retries; nothing is dropped).
     max_pending: int = Field(DEFAULT_MAX_PENDING, gt=0, strict=True)
 
@@ -300,7 +301,7 @@ class RouteConfig(_Frozen):
 
 class Config(_Frozen):
     listen: str = DEFAULT_LISTEN
-    storage: StorageConfig = StorageConfig()
+    storage: StorageConfig = Field(default_factory=StorageConfig)  # its path resolves at load, not import
     flashduty: FlashdutyConfig = FlashdutyConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     alertmanager: AlertmanagerConfig = AlertmanagerConfig()

@@ -4,6 +4,8 @@ Models use these instead of calling each other's validators, so a severity map o
 normalised exactly like one on a source, and a template is compiled once, when the config is
 validated, not again when the runtime is built.
 
+* :data:`AbsolutePath`: a path, relative ones against the working directory, made absolute once at
+  load, so logs name the real folder and a reload compares like with like.
 * :data:`Duration`: seconds, or text with a unit: ``500ms``, ``10s``, ``5m``, ``1h``, ``7d``, ``1w``
   (config, admin API ``older_than``, CLI ``--older-than``).
 * :data:`FiringStatus` and :data:`SeverityMap` (keys stripped and lower-cased; two keys that
@@ -16,8 +18,10 @@ validated, not again when the runtime is built.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -33,6 +37,15 @@ from pydantic import (
 
 from bridge import templating
 from bridge.contract import FIRING_STATUSES
+
+# -- paths ------------------------------------------------------------------------------------------
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
 
 # -- durations --------------------------------------------------------------------------------------
 

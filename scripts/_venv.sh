@@ -10,8 +10,10 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
 fi
 venv="$root/.venv"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-stamp="$venv/.installed-$(sha256sum "$root/pyproject.toml" | cut -c1-16)${extras:+-$extras}"
-if [ ! -e "$stamp" ]; then
+stamp="$venv/.installed-$(sha256sum "$root/pyproject.toml" | cut -c1-16)"
+installed=("$stamp"*)  # an install with extras (scripts/test's) has the project too
+stamp="$stamp${extras:+-$extras}"
+if [ ! -e "$stamp" ] && { [ -n "$extras" ] || [ ! -e "${installed[0]}" ]; }; then
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root${extras:+[$extras]}"
     touch "$stamp"

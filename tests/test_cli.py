@@ -145,6 +145,31 @@ def test_deadletter_without_a_token_says_the_token_is_missing(token: str | None)
     )
 
 
+def scripts_bridge(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``scripts/bridge`` from ``cwd`` (it uses the checkout's .venv, which ./scripts/test made)."""
+    if not (REPO_ROOT / ".venv" / "bin" / "flashduty-bridge").exists():
+        pytest.skip("scripts/bridge needs the checkout's .venv: run the suite with ./scripts/test")
+    env = {name: value for name, value in os.environ.items() if name != "FLASHDUTY_INTEGRATION_KEY"}
+    return subprocess.run(
+        [str(REPO_ROOT / "scripts" / "bridge"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def test_scripts_bridge_resolves_relative_paths_against_the_callers_directory(tmp_path: Path) -> None:
+    """`scripts/bridge` runs where it is called: --config and storage.path are the caller's, shown absolute."""
+    (tmp_path / "mine.yaml").write_text("storage: {path: ./outbox}\n")
+    result = scripts_bridge("check-config", "--config", "mine.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("mine.yaml: OK (dry run")
+    assert f"outbox in {tmp_path / 'outbox'})" in result.stdout
+
+
 def test_check_config_warns_about_unset_variable(tmp_path: Path) -> None:
     """`integration_key: ${SOME_UNSET}` passes but warns on stderr that the variable is not set."""
     path = write(tmp_path, "flashduty:\n  integration_key: ${SOME_UNSET_FOR_BRIDGE_TEST}\n")

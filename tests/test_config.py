@@ -76,7 +76,7 @@ def test_load_without_file_returns_documented_defaults() -> None:
     """With no file and an empty environment every field takes its documented default."""
     cfg = load(None, {})
     assert cfg.listen == "0.0.0.0:9095"
-    assert cfg.storage.path == Path("data")
+    assert cfg.storage.path == Path.cwd() / "data"  # relative to the working directory, made absolute once
     assert cfg.storage.max_pending == 100_000
     assert cfg.flashduty.url == "https://api.flashcat.cloud/event/push/alert/standard"
     assert cfg.flashduty.integration_key.get_secret_value() == ""
@@ -200,7 +200,7 @@ def test_double_dollar_is_a_literal_dollar(tmp_path: Path) -> None:
 def test_expanded_values_are_not_expanded_again(tmp_path: Path) -> None:
     """A variable's value containing ${...} is used verbatim (no recursive expansion)."""
     cfg = load_text(tmp_path, "storage:\n  path: ${A}\n", {"A": "${B}", "B": "nope"})
-    assert cfg.storage.path == Path("${B}")
+    assert cfg.storage.path == Path.cwd() / "${B}"
 
 
 def test_a_problem_caused_by_an_unset_variable_names_the_variable(tmp_path: Path) -> None:
@@ -656,11 +656,21 @@ def test_example_config_values_are_the_defaults() -> None:
     assert example == defaults
 
 
+def test_a_relative_storage_path_is_made_absolute_against_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logs and reloads see one absolute path, resolved once at load against where the command was run."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_text(tmp_path, "storage:\n  path: ./outbox/../data\n", {})
+    assert cfg.storage.path == tmp_path / "data"
+    assert load(None, {}).storage.path == tmp_path / "data"
+
+
 def test_dry_run_config_is_minimal_and_local() -> None:
     """config/dry-run.yaml binds to localhost, stores in ./data and has no key."""
     cfg = load(DRY_RUN, {})
     assert cfg.listen == "127.0.0.1:9095"
-    assert cfg.storage.path == Path("data")
+    assert cfg.storage.path == Path.cwd() / "data"
     assert cfg.flashduty.dry_run is True
     assert cfg.unset_variables == ()
     assert "flashduty" not in yaml.safe_load(DRY_RUN.read_text(encoding="utf-8"))
