@@ -1,4 +1,4 @@
-"""Command line: ``flashduty-bridge serve | check-config | emulate``."""
+"""Command line: ``flashduty-bridge COMMAND``; :func:`build_parser` registers every command."""
 
 from __future__ import annotations
 
@@ -136,15 +136,11 @@ def check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["emulate"]:
-        from bridge import emulate
-
-        return emulate.main(argv[1:])
-    parser = argparse.ArgumentParser(prog="flashduty-bridge", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI: every command registered here, and the help's command list made from them."""
+    parser = argparse.ArgumentParser(prog="flashduty-bridge")
     parser.add_argument("--version", action="version", version=__version__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("serve", help="run the bridge")
     run.add_argument("--config", help="YAML config file (optional: FLASHDUTY_INTEGRATION_KEY alone is enough)")
     run.add_argument("--listen", help="HOST:PORT, overrides the config's listen")
@@ -155,6 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("emulate", help="run a Flashduty-compatible receiver (see emulate --help)")
     deadletters.add_parser(commands)
     preview.add_parsers(commands)
-    args = parser.parse_args(argv)
+    parser.description = (
+        "Carries alerts from Alertmanager, Grafana and webhooks to Flashduty."
+        f" Commands: {', '.join(commands.choices)}; COMMAND --help for each."
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["emulate"]:
+        from bridge import emulate
+
+        return emulate.main(argv[1:])
+    args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

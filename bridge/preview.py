@@ -141,6 +141,7 @@ def run_test_file(path: Path, config_override: str | None) -> tuple[int, int]:
     for test in spec.tests:
         problems: list[str] = []
         events: list[dict[str, Any]] = []
+        said = ""
         try:
             if test.payload_file is not None:
                 body = (path.parent / test.payload_file).read_bytes()
@@ -157,6 +158,7 @@ def run_test_file(path: Path, config_override: str | None) -> tuple[int, int]:
                     problems.append(f"not forwarded ({outcome.reason}), expected {len(test.expect)} events")
             else:
                 events = [json.loads(event.body) for event in outcome.events]
+                said = outcome.notes.first_template_error
         if not problems and len(events) != len(test.expect):
             problems.append(f"expected {len(test.expect)} events, got {len(events)}")
         for index, (expected, actual) in enumerate(zip(test.expect, events, strict=False)):
@@ -166,6 +168,8 @@ def run_test_file(path: Path, config_override: str | None) -> tuple[int, int]:
             print(f"FAIL {path.name}: {test.name}")
             for problem in problems:
                 print(f"  - {problem}")
+            if said:  # a template that fell back: quiet when expected, shown when the test fails
+                print(f"  - template error: {said}")
             print("  got: " + json.dumps(events, ensure_ascii=False, indent=2).replace("\n", "\n  "))
         else:
             passed += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -54,6 +55,16 @@ def test_version_flag_prints_the_package_version() -> None:
     result = run_bridge("--version")
     assert result.returncode == 0
     assert result.stdout.strip() == __version__
+
+
+def test_help_names_every_command() -> None:
+    """`--help`'s summary names every command argparse lists below it (each registered with its help line)."""
+    result = run_bridge("--help")
+    assert result.returncode == 0
+    listed = re.findall(r"^    (\S+)(?:  |\n)", result.stdout, re.MULTILINE)  # argparse's list of subcommands
+    assert {"serve", "check-config", "emulate", "deadletter", "render", "test-templates"} <= set(listed)
+    text = " ".join(result.stdout.split())  # argparse wraps the description
+    assert f"Commands: {', '.join(listed)};" in text, result.stdout
 
 
 def test_check_config_on_good_file_says_ok_and_dry_run(tmp_path: Path) -> None:

@@ -321,6 +321,7 @@ def test_test_templates_passes_good_expectations_and_prints_a_diff_for_bad_ones(
     ok = subprocess.run([*run, str(good)], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "1 passed, 0 failed" in ok.stdout
+    assert ok.stderr == ""  # the failing `broken` label is expected here: not noise on stderr
     broken = copy.deepcopy(tests)
     broken["tests"][0]["expect"][0]["event_status"] = "Info"
     bad = tmp_path / "bad.test.yaml"
@@ -328,6 +329,9 @@ def test_test_templates_passes_good_expectations_and_prints_a_diff_for_bad_ones(
     failed = subprocess.run([*run, str(bad)], capture_output=True, text=True, timeout=60)
     assert failed.returncode == 1
     assert "events[0].event_status: expected 'Info', got 'Critical'" in failed.stdout
+    # A failing test shows its template errors (the fallbacks) next to the diff.
+    assert "  - template error: labels.broken" in failed.stdout, failed.stdout
+    assert failed.stderr == ""
 
 
 def test_shipped_template_sources_pass_their_template_tests() -> None:
@@ -349,3 +353,4 @@ def test_shipped_template_sources_pass_their_template_tests() -> None:
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert " 0 failed" in run.stdout and "FAIL" not in run.stdout
+    assert run.stderr == ""  # all passing: nothing to say on stderr
