@@ -20,12 +20,17 @@ import pytest
 
 REQUIRE_ENV = "BRIDGE_REQUIRE_UNSHARE"
 
+# Scratch space on a private /dev/shm; the checkout is bound there first, so that the new /tmp
+# cannot hide it (a clone under /tmp) before the copy-on-write view is mounted at its own path.
 _ENTER = """
 set -euo pipefail
 "$IP" link set lo up
+mount -t tmpfs tmpfs /dev/shm
+mkdir /dev/shm/lower /dev/shm/upper /dev/shm/work
+mount --bind "$ROOT" /dev/shm/lower
 mount -t tmpfs tmpfs /tmp
-mkdir /tmp/.upper /tmp/.work
-mount -t overlay overlay -o "lowerdir=$ROOT,upperdir=/tmp/.upper,workdir=/tmp/.work" "$ROOT"
+mkdir -p "$ROOT"
+mount -t overlay overlay -o lowerdir=/dev/shm/lower,upperdir=/dev/shm/upper,workdir=/dev/shm/work "$ROOT"
 cd "$ROOT"
 exec bash -c "$1"
 """
