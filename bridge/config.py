@@ -100,10 +100,45 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+POSTGRESQL_SCHEMES = ("postgresql", "postgres")
+
+
 class StorageConfig(_Frozen):
+    """Where the outbox lives: an SQLite directory (``path``, the default), or a PostgreSQL database
+    shared by several replicas (``dsn``, or ``dsn_file`` naming a file that holds it, e.g. a mounted Secret).
+    """
+
     path: AbsolutePath = Field(Path(DEFAULT_STORAGE_PATH), validate_default=True)
+    #: ``postgresql://user:password@host:5432/db``: never logged, never in errors or metrics.
+    dsn: SecretStr | None = None
+    #: The DSN from a file instead, read at start (surrounding whitespace ignored).
+    dsn_file: AbsolutePath | None = None
     #: Pending events above which senders get 503 (Alertmanager retries; nothing is dropped).
     max_pending: int = Field(DEFAULT_MAX_PENDING, gt=0, strict=True)
+
+    @model_validator(mode="after")
+    def _one_place(self) -> StorageConfig:
+        given = [name for name in ("path", "dsn", "dsn_file") if name in self.model_fields_set]
+        if self.dsn is not None and self.dsn_file is not None or len(given) > 1:
+            raise ValueError(
+                "give one of storage.path (SQLite), storage.dsn or storage.dsn_file (PostgreSQL), not "
+                + " and ".join(given)
+            )
+        if self.dsn is not None and urlsplit_scheme(self.dsn.get_secret_value()) not in POSTGRESQL_SCHEMES:
+            # The value is not echoed: it carries the database password.
+            raise ValueError("storage.dsn must be a postgresql:// URL")
+        return self
+
+    @property
+    def postgresql(self) -> bool:
+        """A DSN (inline or from a file) selects the PostgreSQL outbox."""
+        return self.dsn is not None or self.dsn_file is not None
+
+
+def urlsplit_scheme(value: str) -> str:
+    """The scheme of a URL, lower-cased ('' when it has none); never raises."""
+    scheme, sep, _ = value.partition("://")
+    return scheme.strip().lower() if sep else ""
 
 
 class RateLimitConfig(_Frozen):

@@ -1,7 +1,9 @@
 """Choose and open the outbox backend the configuration asks for; callers never name one.
 
-Only ``sqlite`` exists today (``storage.path``). A PostgreSQL backend plugs in here: a
-``storage.dsn`` selects it in :func:`backend_name`, and :data:`BACKENDS` builds it.
+``storage.path`` (the default) selects ``sqlite``, the embedded outbox of one process;
+``storage.dsn`` or ``storage.dsn_file`` selects ``postgresql``, one outbox shared by every
+replica pointed at the database. The PostgreSQL outbox keeps time on the database's clock,
+not the process's, so it does not take ``clock``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from bridge.config import DeliveryConfig, StorageConfig
+from bridge.outbox.model import OpenRefused
 from bridge.outbox.protocol import Outbox
 from bridge.outbox.sqlite import SqliteOutbox
 
@@ -26,13 +29,41 @@ def _sqlite(storage: StorageConfig, delivery: DeliveryConfig, clock: Clock) -> O
     )
 
 
+def _postgresql(storage: StorageConfig, delivery: DeliveryConfig, clock: Clock) -> Outbox:
+    from bridge.outbox.postgres import PostgresOutbox
+    from bridge.outbox.postgres.dsn import DsnError, read_dsn
+
+    try:
+        dsn = read_dsn(storage)
+    except DsnError as exc:
+        raise OpenRefused(f"outbox cannot be opened: {exc}") from None
+    return PostgresOutbox(
+        dsn, max_pending=storage.max_pending, max_age=delivery.retry_horizon, refresh_interval=delivery.refresh_interval
+    )
+
+
 #: Backend name -> how to build it from the config (not opened yet).
-BACKENDS: dict[str, Callable[[StorageConfig, DeliveryConfig, Clock], Outbox]] = {"sqlite": _sqlite}
+BACKENDS: dict[str, Callable[[StorageConfig, DeliveryConfig, Clock], Outbox]] = {
+    "sqlite": _sqlite,
+    "postgresql": _postgresql,
+}
 
 
 def backend_name(storage: StorageConfig) -> str:
     """Which backend ``storage`` selects."""
-    return "sqlite"
+    return "postgresql" if storage.postgresql else "sqlite"
+
+
+def describe(storage: StorageConfig) -> str:
+    """Where ``storage`` keeps the outbox, safe to print: the directory, or the database without password."""
+    if not storage.postgresql:
+        return str(storage.path)
+    from bridge.outbox.postgres.dsn import DsnError, display, read_dsn
+
+    try:
+        return display(read_dsn(storage))
+    except DsnError as exc:
+        return f"(PostgreSQL: {exc})"
 
 
 def create_outbox(storage: StorageConfig, delivery: DeliveryConfig, *, clock: Clock = time.time) -> Outbox:

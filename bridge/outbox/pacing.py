@@ -14,17 +14,54 @@ and two requests sent one window apart can arrive closer together than that.
 to a cap), then lets one probe through (half-open); a success closes it.
 
 Both take the time as an argument, so tests drive them with a fake clock.
+
+:class:`SharedRateLimits` is the same limit kept in storage that several bridge processes
+share (the PostgreSQL outbox offers one): the dispatcher reserves a small batch of sends
+per round trip from it, gives back what it did not use, and records a 429's pause there, so
+every replica together stays within one integration key's limit. Its windows have a wider
+margin (``SHARED_SECOND_MARGIN``): a send is recorded when it is reserved, a claim's round
+trip before it leaves.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
 
 #: Seconds added to each window: 1.1 s and 61 s instead of 1 s and 60 s.
 SECOND_MARGIN = 0.1
 MINUTE_MARGIN = 1.0
 _EPSILON = 1e-6
+#: The shared limiter's second window: 1.2 s (a reserved send leaves a claim's round trip later).
+SHARED_SECOND_MARGIN = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Sends granted by a :class:`SharedRateLimits` (times on the caller's clock)."""
+
+    granted: int
+    #: When the grant was recorded: what ``release`` gives back.
+    at: float
+    #: When fewer were granted than asked: the earliest time another may start.
+    next_free: float
+    #: Requests left in each window after this grant, for metrics.
+    headroom: dict[str, int] = field(default_factory=dict)
+
+
+class SharedRateLimits(Protocol):
+    """One destination's rate limit and 429 pause, shared by every process that uses the same storage."""
+
+    async def reserve(self, destination: str, want: int, per_second: int, per_minute: int) -> Reservation:
+        """Grant up to ``want`` sends now within both windows (none while a 429 pause lasts)."""
+
+    async def release(self, destination: str, reservation: Reservation, unused: int) -> None:
+        """Give back ``unused`` sends of ``reservation`` (fewer events were due than granted)."""
+
+    async def pause(self, destination: str, until: float) -> None:
+        """Flashduty said 429: no replica sends to this destination before ``until``."""
 
 
 class RateLimiter:

@@ -13,17 +13,20 @@ Contract every backend keeps (``tests/test_outbox.py`` runs against each one):
   ``retry_later`` or ``dead`` settles it, or until the lease runs out (the worker died).
 * The rules of :mod:`bridge.outbox.policy` (priority, suppression, coalescing, expiry,
   replay) decide; the backend only stores their answers.
+* Several processes may share one storage (PostgreSQL): then all of the above holds across
+  them, and ``rate_limits`` is the one rate limit they share.
 * Storage failures raise :class:`~bridge.outbox.model.OutboxUnavailable` and are recorded in
   ``health``; nothing is half-committed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from bridge.outbox.health import StorageHealth
 from bridge.outbox.model import ClaimResult, DeadLetterFilter, NewEvent, OutboxStats, ReplayResult
+from bridge.outbox.pacing import SharedRateLimits
 
 
 class Outbox(Protocol):
@@ -38,6 +41,13 @@ class Outbox(Protocol):
 
     @property
     def is_open(self) -> bool: ...
+
+    @property
+    def rate_limits(self) -> SharedRateLimits | None:
+        """The rate limits shared by every process on this storage, or None: each process paces alone."""
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when another process commits events (nothing to do for a single-process backend)."""
 
     # -- lifecycle ---------------------------------------------------------------------
 

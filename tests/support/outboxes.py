@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bridge.outbox import Claimed, ClaimResult, NewEvent, Outbox
+from bridge.outbox.postgres import PostgresOutbox
 from bridge.outbox.sqlite import SqliteOutbox
+from tests.support import postgres
 
 #: Every backend the contract suite runs against.
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgresql"]
 
 DEST = "flashduty"
 
@@ -75,11 +77,31 @@ class SqliteBackend:
             db.close()
 
 
+class PostgresBackend:
+    """A schema of its own in the test database (``tests.support.postgres``), dropped after the test."""
+
+    name = "postgresql"
+
+    def __init__(self, database: postgres.Database) -> None:
+        self.database = database
+
+    def make(self, **options: Any) -> PostgresOutbox:
+        return PostgresOutbox(self.database.dsn, **options)
+
+    def events(self) -> list[dict[str, Any]]:
+        rows = self.database.query(f"SELECT {', '.join(EVENT_COLUMNS)} FROM outbox_events ORDER BY id")
+        return [dict(zip(EVENT_COLUMNS, row, strict=True)) for row in rows]
+
+
 @asynccontextmanager
 async def backend_under_test(name: str, tmp_path: Path) -> AsyncIterator[OutboxBackend]:
-    """Storage of its own for one test, removed afterwards."""
+    """Storage of its own for one test, removed afterwards (PostgreSQL: skipped when no server answers)."""
     if name == "sqlite":
         yield SqliteBackend(tmp_path / "outbox")
+        return
+    if name == "postgresql":
+        async with postgres.database() as database:
+            yield PostgresBackend(database)
         return
     raise ValueError(f"no test backend {name!r}")
 

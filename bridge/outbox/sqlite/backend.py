@@ -74,6 +74,14 @@ class SqliteOutbox:
     def is_open(self) -> bool:
         return self._db is not None
 
+    @property
+    def rate_limits(self) -> None:
+        """One process per file: the dispatcher's own rate limiter is the whole truth."""
+        return None
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Only this process writes the file, and it wakes its dispatcher itself."""
+
     # -- lifecycle ---------------------------------------------------------------------
 
     async def open(self) -> None:

@@ -1,0 +1,556 @@
+"""The shared outbox: one PostgreSQL database, any number of bridge replicas.
+
+Selected by ``storage.dsn`` or ``storage.dsn_file``. Every replica keeps the guarantees of a
+single bridge, across all of them:
+
+* **200 after COMMIT.** Every connection runs with ``synchronous_commit = on`` (set by the
+  bridge whatever the server's default): ``put`` returns once the commit is durable.
+* **Per-key FIFO.** Ids follow commit order within a key (its advisory lock is held from before
+  the insert until the commit); only a key's head can be claimed; claims are leases taken with
+  ``FOR UPDATE SKIP LOCKED`` and ``leased_until``, so a killed replica's keys go to the others
+  once its leases run out (see :mod:`~bridge.outbox.postgres.queries`).
+* **Suppression and coalescing.** The suppression check and the insert are one step per key
+  (under the same lock), so the same alert from two Alertmanager peers at two replicas is
+  stored once; the rules are :mod:`bridge.outbox.policy`'s.
+* **One rate limit.** :attr:`PostgresOutbox.rate_limits` keeps each destination's send log and
+  429 pause in the database (:class:`PostgresRateLimits`).
+* **Wake-ups.** A commit that adds events sends ``NOTIFY``; each replica listens on its own
+  connection and wakes its dispatcher, whose one-second poll stays as the safety net.
+* **Gauges agree.** ``stats`` counts in the database; no replica keeps its own pending count.
+  ``max_pending`` is checked against the last count (at most a second old) plus this
+  replica's own changes since, so replicas together may overshoot it by what the others
+  accepted within that second.
+
+**Time** is the database's: the offset between this process's clock and the server's is
+measured at open and with every ``stats``, and every time the outbox stores (due times,
+leases, ``created_at``) is on the server's clock, so replicas with skewed clocks agree on
+leases. Callers keep using their own clock: ``retry_later``'s ``at`` and ``next_due`` are
+converted at the edge. A test can inject ``clock`` instead (then it is used as it is).
+
+**Faults.** A database that does not answer at ``open`` is an :class:`OpenRefused` naming the
+database without its password (``serve`` exits 74). While running, every failed operation
+is recorded in ``health`` (not ready, intake 503) and raised as :class:`OutboxUnavailable`;
+the pool replaces broken connections, so the delivery loop's probe finds the database again
+without a restart. The DSN's password is registered with the log filter at construction and
+never appears in ``location``, errors or metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+
+from bridge import logs
+from bridge.outbox import policy
+from bridge.outbox.health import StorageHealth
+from bridge.outbox.model import (
+    Claimed,
+    ClaimResult,
+    DeadLetterFilter,
+    NewEvent,
+    OpenRefused,
+    OutboxClosed,
+    OutboxFull,
+    OutboxStats,
+    OutboxUnavailable,
+    ReplayResult,
+)
+from bridge.outbox.pacing import MINUTE_MARGIN, SHARED_SECOND_MARGIN, Reservation
+from bridge.outbox.postgres import queries
+from bridge.outbox.postgres.dsn import display, secrets
+from bridge.outbox.postgres.schema import migrate
+from bridge.outbox.postgres.writer import GroupWriter, Outcome
+
+T = TypeVar("T")
+
+log = logging.getLogger("bridge.outbox")
+
+#: How long ``open`` keeps trying to reach the database before it gives up.
+CONNECT_SECONDS = 5.0
+#: Upper bound on any one statement: a database that hangs fails the request (503), not the bridge.
+COMMAND_TIMEOUT = 10.0
+#: Connections per replica: the group writer, the listener, claims and reads of the workers.
+POOL_SIZE = 6
+#: Errors that mean the database cannot do this now (connection lost, server shutting down, timeout).
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+
+
+def replica_name() -> str:
+    """Who holds a lease, for operators reading ``outbox_heads``: host (the pod's name) and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class PostgresOutbox:
+    """The outbox in a PostgreSQL database, shared by every replica pointed at it."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        max_pending: int,
+        max_age: float | None = None,
+        refresh_interval: float = 0.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._dsn = dsn
+        logs.add_secrets(secrets(dsn))
+        self._location = display(dsn)
+        self.max_pending = max_pending
+        self.max_age = max_age
+        self.refresh_interval = refresh_interval
+        #: None: the database's clock (this process's, corrected by the measured offset).
+        self._fixed_clock = clock
+        self._offset = 0.0
+        self.health = StorageHealth(clock or time.time)
+        self.replica = f"{replica_name()}:{uuid.uuid4().hex[:6]}"
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._wakers: list[Callable[[], None]] = []
+        self._closed = False
+        #: Pending events at the last count, and this replica's changes since.
+        self._pending = 0
+        #: Keys of the events this replica claimed, for the ack's key lock.
+        self._claimed: dict[int, tuple[str, str]] = {}
+        self._writer = GroupWriter(self._connection, self._admit, self._committed, self._now)
+        self._rate_limits = PostgresRateLimits(self)
+        #: Round trips to the database so far (each statement or simple query: one).
+        self.round_trips = 0
+
+    @property
+    def location(self) -> str:
+        return self._location
+
+    @property
+    def is_open(self) -> bool:
+        return self._pool is not None
+
+    @property
+    def rate_limits(self) -> PostgresRateLimits:
+        return self._rate_limits
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        self._wakers.append(wake)
+
+    # -- time ----------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        """Now, on the database's clock (or the injected one)."""
+        if self._fixed_clock is not None:
+            return self._fixed_clock()
+        return time.time() + self._offset
+
+    def _local(self, db_time: float) -> float:
+        """A database time on this process's clock (what callers compare with)."""
+        return db_time if self._fixed_clock is not None else db_time - self._offset
+
+    def _db(self, local_time: float) -> float:
+        return local_time if self._fixed_clock is not None else local_time + self._offset
+
+    def _measured(self, db_now: float, sent: float, received: float) -> None:
+        if self._fixed_clock is None:
+            self._offset = db_now - (sent + received) / 2
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        deadline = time.monotonic() + CONNECT_SECONDS
+        while True:
+            try:
+                pool = await asyncpg.create_pool(
+                    self._dsn,
+                    min_size=1,
+                    max_size=POOL_SIZE,
+                    command_timeout=COMMAND_TIMEOUT,
+                    timeout=CONNECT_SECONDS,
+                    reset=_reset,
+                    server_settings={"synchronous_commit": "on", "application_name": "flashduty-bridge"},
+                )
+                break
+            except DATABASE_ERRORS as exc:
+                if time.monotonic() >= deadline or not _transient(exc):
+                    raise OpenRefused(f"outbox {self._location} cannot be opened: {describe(exc)}") from None
+                await asyncio.sleep(0.5)
+            except ValueError as exc:  # an unparsable DSN: never echoed
+                raise OpenRefused(f"outbox {self._location} cannot be opened: invalid DSN ({type(exc).__name__})") from None
+        try:
+            async with pool.acquire() as conn:
+                version = await migrate(conn, self._location)
+                if version == 0:
+                    log.info("outbox %s: created its tables", self._location)
+                sent = time.time()
+                pending, _, _, db_now = await queries.stats(conn)
+                self._measured(db_now, sent, time.time())
+                self._pending = pending
+            self._listener = await self._listen()
+        except OpenRefused:
+            await pool.close()
+            raise
+        except DATABASE_ERRORS as exc:
+            await pool.close()
+            raise OpenRefused(f"outbox {self._location} cannot be opened: {describe(exc)}") from None
+        self._pool = pool
+        self._closed = False
+
+    async def close(self) -> None:
+        """Give this replica's leases back (its attempts have ended or were cancelled: other replicas may take
+        the keys at once), then disconnect."""
+        if self._pool is not None:
+            try:
+                async with self._connection() as conn:
+                    await queries.release_leases(conn, self.replica)
+            except DATABASE_ERRORS as exc:
+                log.warning("outbox %s: leases not released at close (%s); they expire", self._location, describe(exc))
+        pool, self._pool = self._pool, None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(*DATABASE_ERRORS):
+                await listener.close(timeout=2)
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), timeout=5)
+            except (TimeoutError, *DATABASE_ERRORS):
+                pool.terminate()
+        self._closed = True
+
+    async def _listen(self) -> asyncpg.Connection | None:
+        """A connection of its own that LISTENs for commits of other replicas (None: could not connect)."""
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=CONNECT_SECONDS, command_timeout=COMMAND_TIMEOUT)
+            await conn.add_listener(queries.CHANNEL, self._notified)
+        except DATABASE_ERRORS as exc:
+            log.warning("outbox %s: cannot listen for other replicas' commits (%s); polling", self._location,
+                        describe(exc))
+            return None
+        return conn
+
+    def _notified(self, *_: Any) -> None:
+        for wake in self._wakers:
+            wake()
+
+    async def _keep_listening(self) -> None:
+        """Reconnect the listener after the database came back (called with every stats refresh)."""
+        if self._pool is not None and (self._listener is None or self._listener.is_closed()):
+            self._listener = await self._listen()
+            if self._listener is not None:
+                self._notified()  # commits may have happened while nobody listened
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        pool = self._pool
+        if pool is None:
+            raise OutboxClosed("outbox is not open")
+        async with pool.acquire() as conn:
+            yield _Counted(conn, self)  # type: ignore[misc]
+
+    async def _run(self, operation: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """``work`` on a pooled connection; a database failure is recorded and raised as OutboxUnavailable."""
+        try:
+            async with self._connection() as conn:
+                return await work(conn)
+        except OutboxClosed:
+            raise
+        except DATABASE_ERRORS as exc:
+            raise self._failed(operation, exc) from None
+
+    def _failed(self, operation: str, exc: BaseException) -> OutboxUnavailable:
+        reason = describe(exc)
+        self.health.failed(operation, reason)
+        return OutboxUnavailable(f"outbox {operation} failed: {reason}")
+
+    async def _keyed(
+        self, operation: str, keys: Sequence[tuple[str, str]], work: Callable[[asyncpg.Connection], Awaitable[T]]
+    ) -> T:
+        """``work`` in one transaction holding the advisory locks of ``keys``."""
+
+        async def transaction(conn: asyncpg.Connection) -> T:
+            await conn.execute(queries.lock_statement(keys))
+            try:
+                result = await work(conn)
+                await conn.execute("COMMIT")
+            except BaseException:
+                if not conn.is_closed() and conn.is_in_transaction():
+                    with contextlib.suppress(*DATABASE_ERRORS):
+                        await conn.execute("ROLLBACK")
+                raise
+            return result
+
+        return await self._run(operation, transaction)
+
+    async def probe(self) -> None:
+        now = self._now()
+        await self._run("probe", lambda conn: queries.heartbeat(conn, now))
+
+    # -- intake --------------------------------------------------------------------------
+
+    async def put(self, events: Sequence[NewEvent]) -> list[bool]:
+        if not events:
+            return []
+        if self._pool is None:
+            raise OutboxClosed("outbox is not open")
+        try:
+            stored = await self._writer.put(events)
+        except (OutboxClosed, OutboxFull):
+            raise
+        except DATABASE_ERRORS as exc:
+            raise self._failed("put", exc) from None
+        if stored is None:
+            raise OutboxFull(f"outbox holds {self.max_pending} pending events")
+        return stored
+
+    async def _admit(
+        self, conn: asyncpg.Connection, requests: Sequence[Sequence[NewEvent]], now: float
+    ) -> policy.Admission:
+        return await queries.insert(
+            conn,
+            requests,
+            now,
+            pending=self._pending,
+            max_pending=self.max_pending,
+            refresh_interval=self.refresh_interval,
+        )
+
+    def _committed(self, outcome: Outcome) -> None:
+        if outcome.admission is not None:
+            self._pending += outcome.admission.added
+        self._pending -= outcome.delivered
+
+    async def save_passthrough_key(self, destination: str, integration_key: str) -> None:
+        await self._run("put", lambda conn: queries.save_passthrough_key(conn, destination, integration_key))
+
+    async def passthrough_keys(self) -> dict[str, str]:
+        return await self._run("read", queries.passthrough_keys)
+
+    # -- delivery ------------------------------------------------------------------------
+
+    async def destinations(self) -> list[str]:
+        return await self._run("read", queries.destinations)
+
+    async def claim(self, destination: str, limit: int, lease_seconds: float, *, coalesce: bool = True) -> ClaimResult:
+        events: list[Claimed] = []
+        expired: list[Claimed] = []
+        coalesced = 0
+        while len(events) < limit:
+            now = self._now()
+            rows = await self._run(
+                "claim",
+                lambda conn, n=now: queries.claim(
+                    conn, destination, n, limit - len(events), lease_seconds, self.replica, coalesce
+                ),
+            )
+            if not rows:
+                break
+            cleanup: list[tuple[Claimed, bool]] = []  # (head, expired: else superseded)
+            for event, next_status in rows:
+                if policy.is_expired(event.created_at, now, self.max_age):
+                    cleanup.append((event, True))
+                elif coalesce and policy.superseded_by(event.event_status, next_status):
+                    cleanup.append((event, False))
+                else:
+                    self._claimed[event.id] = (event.destination, event.alert_key)
+                    events.append(event)
+            if cleanup:
+                done = await self._clean_up(cleanup, now)
+                expired += [event for event, was_expired in done if was_expired]
+                coalesced += sum(1 for _, was_expired in done if not was_expired)
+        next_due = await self.next_due(destination) if len(events) < limit else None
+        local = [self._to_local(event) for event in events]
+        return ClaimResult(local, coalesced, [self._to_local(e) for e in expired], next_due)
+
+    def _to_local(self, event: Claimed) -> Claimed:
+        if self._fixed_clock is not None:
+            return event
+        return Claimed(
+            event.id, event.destination, event.alert_key, event.event_status, event.body, event.attempts,
+            self._local(event.created_at),
+        )
+
+    async def _clean_up(self, heads: list[tuple[Claimed, bool]], now: float) -> list[tuple[Claimed, bool]]:
+        """Park expired heads and drop superseded ones (leased by this claim), each key under its lock."""
+        assert self.max_age is not None or all(not was_expired for _, was_expired in heads)
+
+        async def work(conn: asyncpg.Connection) -> list[tuple[Claimed, bool]]:
+            done = []
+            for event, was_expired in heads:
+                if was_expired:
+                    assert self.max_age is not None
+                    message = policy.expiry_message(self.max_age)
+                    changed = await queries.park(conn, event.id, policy.EXPIRED, message, None, now, attempted=False)
+                else:
+                    changed = await queries.drop_superseded(conn, event.id, now)
+                if changed:
+                    done.append((event, was_expired))
+            return done
+
+        done = await self._keyed("claim", [(e.destination, e.alert_key) for e, _ in heads], work)
+        self._pending -= len(done)
+        return done
+
+    async def delivered(self, event_id: int) -> None:
+        key = self._claimed.pop(event_id, None)
+        if key is None:
+            key = await self._run("record", lambda conn: queries.key_of(conn, event_id))
+            if key is None:
+                return
+        if self._pool is None:
+            raise OutboxClosed("outbox is not open")
+        try:
+            await self._writer.delivered(event_id, key)
+        except OutboxClosed:
+            raise
+        except DATABASE_ERRORS as exc:
+            raise self._failed("record", exc) from None
+
+    async def retry_later(self, event_id: int, at: float, code: str, error: str) -> None:
+        self._claimed.pop(event_id, None)
+        due = self._db(at)
+        await self._run("record", lambda conn: queries.retry_later(conn, event_id, due, code, error))
+
+    async def dead(self, event_id: int, code: str, error: str, request_id: str | None) -> None:
+        key = self._claimed.pop(event_id, None)
+        if key is None:
+            key = await self._run("record", lambda conn: queries.key_of(conn, event_id))
+            if key is None:
+                return
+        now = self._now()
+        parked = await self._keyed(
+            "record", [key], lambda conn: queries.park(conn, event_id, code, error, request_id, now)
+        )
+        self._pending -= int(parked)
+
+    async def next_due(self, destination: str | None = None) -> float | None:
+        due = await self._run("read", lambda conn: queries.next_due(conn, destination))
+        return None if due is None else self._local(due)
+
+    async def stats(self) -> OutboxStats:
+        async def work(conn: asyncpg.Connection) -> tuple[int, int, float | None, float, float, float]:
+            sent = time.time()
+            result = await queries.stats(conn)
+            return (*result, sent, time.time())
+
+        pending, dead, oldest, db_now, sent, received = await self._run("read", work)
+        self._measured(db_now, sent, received)
+        self._pending = pending
+        with contextlib.suppress(*DATABASE_ERRORS):
+            await self._keep_listening()
+        return OutboxStats(pending, dead, None if oldest is None else self._local(oldest))
+
+    # -- dead letters --------------------------------------------------------------------
+
+    async def dead_letters(self, where: DeadLetterFilter) -> list[dict[str, Any]]:
+        now = self._now()
+        letters = await self._run("read", lambda conn: queries.dead_letters(conn, where, now))
+        for letter in letters:
+            for name in ("created_at", "dead_at"):
+                if letter[name] is not None:
+                    letter[name] = self._local(letter[name])
+        return letters
+
+    async def replay(self, where: DeadLetterFilter, force: bool = False) -> ReplayResult:
+        now = self._now()
+        keys = await self._run("admin", lambda conn: queries.dead_keys(conn, where, now))
+        if not keys:
+            return ReplayResult([], [], [])
+        result = await self._keyed("admin", keys, lambda conn: queries.replay(conn, now, where, force))
+        self._pending += len(result.replayed)
+        if result.replayed:
+            self._notified()
+        return result
+
+    async def purge(self, where: DeadLetterFilter) -> int:
+        now = self._now()
+        return await self._run("admin", lambda conn: queries.purge(conn, where, now))
+
+
+class PostgresRateLimits:
+    """Each destination's rate limit and 429 pause, kept in the database for every replica.
+
+    A reservation is one round trip (the ``outbox_reserve`` function): the destination's
+    advisory lock serialises reservations of all replicas, the send log in
+    ``outbox_rate_sends`` is counted over the same sliding windows as
+    :class:`~bridge.outbox.pacing.RateLimiter`'s (the second one 1.2 s long, see
+    ``SHARED_SECOND_MARGIN``), and the grant is recorded before the sends leave.
+    """
+
+    windows = (1.0 + SHARED_SECOND_MARGIN, 60.0 + MINUTE_MARGIN)
+
+    def __init__(self, outbox: PostgresOutbox) -> None:
+        self._outbox = outbox
+
+    async def reserve(self, destination: str, want: int, per_second: int, per_minute: int) -> Reservation:
+        box = self._outbox
+        now = box._now()
+        granted, free_at, used_second, used_minute = await box._run(
+            "claim",
+            lambda conn: queries.reserve(conn, destination, want, per_second, per_minute, now, self.windows),
+        )
+        headroom = {"second": per_second - used_second, "minute": per_minute - used_minute}
+        return Reservation(granted, box._local(now), box._local(free_at), headroom)
+
+    async def release(self, destination: str, reservation: Reservation, unused: int) -> None:
+        box = self._outbox
+        at = box._db(reservation.at)
+        await box._run("claim", lambda conn: queries.release(conn, destination, at, unused))
+
+    async def pause(self, destination: str, until: float) -> None:
+        box = self._outbox
+        at = box._db(until)
+        await box._run("record", lambda conn: queries.pause(conn, destination, at))
+
+
+class _Counted:
+    """A connection that counts its round trips into the outbox's ``round_trips``."""
+
+    def __init__(self, conn: asyncpg.Connection, outbox: PostgresOutbox) -> None:
+        self._conn = conn
+        self._outbox = outbox
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._conn, name)
+        if name in ("execute", "fetch", "fetchrow", "fetchval", "executemany"):
+
+            async def counted(*args: Any, **kwargs: Any) -> Any:
+                self._outbox.round_trips += 1
+                return await attribute(*args, **kwargs)
+
+            return counted
+        return attribute
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """What a connection needs when it goes back to the pool: no open transaction (no other session state is
+    kept: locks are transaction-scoped and LISTEN has a connection of its own), so no round trip otherwise."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth another try at start: the server is not there yet, or is starting or shutting down."""
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    return getattr(exc, "sqlstate", "") in ("57P03", "57P01", "08006", "08001", "08004")
+
+
+def describe(exc: BaseException) -> str:
+    """One line about a database error, never containing the DSN."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    name = type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return "the database did not answer in time"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return f"{name}: {text}" if text else name

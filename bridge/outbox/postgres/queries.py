@@ -1,0 +1,484 @@
+"""The PostgreSQL outbox's statements: one function per operation, on a connection the caller holds.
+
+Set-based: a batch of requests, or of acks, is one statement per step, whatever its size
+(arrays passed with ``unnest``), so round trips per event fall as load rises. What to store
+comes from :mod:`bridge.outbox.policy`, exactly as for SQLite.
+
+Locking, the one rule that keeps per-key order and suppression right across replicas: every
+transaction that adds events to a key, or moves its head, first takes that key's advisory
+lock (:func:`key_lock`, ``pg_advisory_xact_lock``), all of them at once in ascending order
+(:func:`lock_statement`), so two such transactions never deadlock. Claims never wait: they
+lease heads with ``FOR UPDATE SKIP LOCKED``; a head a claim must clean up (expired, or
+superseded) is handled afterwards in a keyed transaction of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+
+from bridge.outbox import policy
+from bridge.outbox.model import DEAD_LETTER_FIELDS, Claimed, DeadLetterFilter, NewEvent, ReplayResult
+from bridge.outbox.postgres.schema import PRIORITY_SQL
+
+#: What a probe writes: a database that takes this much again is worth trying a request on.
+PROBE_BYTES = 16384
+#: The channel a commit that adds events notifies; idle replicas listen on it.
+CHANNEL = "flashduty_bridge_outbox"
+
+
+def key_lock(destination: str, alert_key: str) -> int:
+    """The advisory-lock key of ``(destination, alert_key)``: a signed 64-bit hash (collisions only serialise)."""
+    digest = hashlib.blake2b(f"{destination}\x00{alert_key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_statement(keys: Iterable[tuple[str, str]]) -> str:
+    """``BEGIN`` and the advisory locks of ``keys``, ascending (no deadlock between two such transactions).
+
+    One round trip: the lock keys are integers computed here, so they are literals, safely.
+    """
+    locks = sorted({key_lock(*key) for key in keys})
+    if not locks:
+        return "BEGIN"
+    return "BEGIN; SELECT " + ", ".join(f"pg_advisory_xact_lock({lock})" for lock in locks)
+
+
+# -- intake ------------------------------------------------------------------------------
+
+_STATES = """
+SELECT s.destination, s.alert_key, s.accepted_digest, s.accepted_at
+FROM unnest($1::text[], $2::text[]) AS k(destination, alert_key)
+JOIN outbox_key_state s ON s.destination = k.destination AND s.alert_key = k.alert_key
+"""
+
+_INSERT = f"""
+WITH accepted AS (
+    INSERT INTO outbox_key_state AS s (destination, alert_key, accepted_digest, accepted_at)
+    SELECT destination, alert_key, digest, $1 FROM unnest($2::text[], $3::text[], $4::text[])
+        AS a(destination, alert_key, digest)
+    ON CONFLICT (destination, alert_key)
+    DO UPDATE SET accepted_digest = excluded.accepted_digest, accepted_at = excluded.accepted_at
+), added AS (
+    INSERT INTO outbox_events (destination, alert_key, source, event_status, body, created_at)
+    SELECT destination, alert_key, source, event_status, body, $1
+    FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) WITH ORDINALITY
+        AS e(destination, alert_key, source, event_status, body, n)
+    ORDER BY n
+    RETURNING id, destination, alert_key, event_status
+)
+INSERT INTO outbox_heads (destination, alert_key, event_id, priority, next_attempt_at)
+SELECT DISTINCT ON (destination, alert_key) destination, alert_key, id, {PRIORITY_SQL}, $1
+FROM added ORDER BY destination, alert_key, id
+ON CONFLICT (destination, alert_key) DO NOTHING
+"""
+
+
+async def insert(
+    conn: asyncpg.Connection,
+    requests: Sequence[Sequence[NewEvent]],
+    now: float,
+    *,
+    pending: int,
+    max_pending: int,
+    refresh_interval: float,
+) -> policy.Admission:
+    """Admit and insert several requests' events, inside a transaction holding their keys' locks."""
+    keys = list({(e.destination, e.alert_key) for events in requests for e in events})
+    rows = await conn.fetch(_STATES, [k[0] for k in keys], [k[1] for k in keys])
+    states = {(r[0], r[1]): (r[2], r[3]) for r in rows}
+    admission = policy.admit(
+        requests, states, pending=pending, max_pending=max_pending, refresh_interval=refresh_interval, now=now
+    )
+    if admission.stored:
+        accepted = list(admission.accepted.items())
+        stored = admission.stored
+        await conn.execute(
+            _INSERT,
+            now,
+            [key[0] for key, _ in accepted],
+            [key[1] for key, _ in accepted],
+            [digest for _, digest in accepted],
+            [e.destination for e in stored],
+            [e.alert_key for e in stored],
+            [e.source for e in stored],
+            [e.event_status for e in stored],
+            [e.body for e in stored],
+        )
+    return admission
+
+
+async def save_passthrough_key(conn: asyncpg.Connection, destination: str, integration_key: str) -> None:
+    await conn.execute(
+        "INSERT INTO outbox_passthrough_keys VALUES ($1, $2) ON CONFLICT DO NOTHING", destination, integration_key
+    )
+
+
+async def passthrough_keys(conn: asyncpg.Connection) -> dict[str, str]:
+    return {r[0]: r[1] for r in await conn.fetch("SELECT destination, integration_key FROM outbox_passthrough_keys")}
+
+
+async def heartbeat(conn: asyncpg.Connection, now: float) -> None:
+    """The probe's write, committed synchronously like a put."""
+    await conn.execute(
+        "INSERT INTO outbox_meta VALUES ('probe', $1) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        repr(now).ljust(PROBE_BYTES),
+    )
+
+
+# -- delivery ----------------------------------------------------------------------------
+
+_DESTINATIONS = """
+WITH RECURSIVE d AS (
+    (SELECT destination FROM outbox_heads ORDER BY destination LIMIT 1)
+    UNION ALL
+    SELECT (SELECT h.destination FROM outbox_heads h WHERE h.destination > d.destination
+            ORDER BY h.destination LIMIT 1)
+    FROM d WHERE d.destination IS NOT NULL
+)
+SELECT destination FROM d WHERE destination IS NOT NULL
+"""
+
+
+async def destinations(conn: asyncpg.Connection) -> list[str]:
+    """One index seek per destination (a loose index scan), not a read of every head."""
+    return [r[0] for r in await conn.fetch(_DESTINATIONS)]
+
+
+#: Lease up to $3 due heads of destination $1 at time $2 for $4 seconds, to replica $5; with each
+#: event, the status of the next pending event of its key (for coalescing; not needed after an Ok).
+_CLAIM = """
+WITH due AS (
+    SELECT destination, alert_key FROM outbox_heads
+    WHERE destination = $1 AND next_attempt_at <= $2 AND leased_until <= $2
+    ORDER BY priority, event_id LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE outbox_heads h SET leased_until = $2 + $4, leased_by = $5
+    FROM due WHERE h.destination = due.destination AND h.alert_key = due.alert_key
+    RETURNING h.event_id, h.priority
+)
+SELECT e.id, e.destination, e.alert_key, e.event_status, e.body, e.attempts, e.created_at,
+       CASE WHEN $6 AND e.event_status <> 'Ok' THEN (
+           SELECT n.event_status FROM outbox_events n
+           WHERE n.destination = e.destination AND n.alert_key = e.alert_key AND n.state = 'pending' AND n.id > e.id
+           ORDER BY n.id LIMIT 1
+       ) END
+FROM leased JOIN outbox_events e ON e.id = leased.event_id
+ORDER BY leased.priority, leased.event_id
+"""
+
+
+async def claim(
+    conn: asyncpg.Connection,
+    destination: str,
+    now: float,
+    limit: int,
+    lease_seconds: float,
+    replica: str,
+    coalesce: bool,
+) -> list[tuple[Claimed, str | None]]:
+    """Lease due heads (one statement, committed on its own); each with the status of the event behind it."""
+    rows = await conn.fetch(_CLAIM, destination, now, limit, lease_seconds, replica, coalesce)
+    return [(Claimed(*row[:7]), row[7]) for row in rows]
+
+
+#: Per key of $1/$2: its oldest pending event becomes its head (due at $3, not leased), or the head goes.
+_ADVANCE = f"""
+WITH k AS (
+    SELECT k.destination, k.alert_key, n.id, n.event_status
+    FROM unnest($1::text[], $2::text[]) AS k(destination, alert_key)
+    LEFT JOIN LATERAL (
+        SELECT e.id, e.event_status FROM outbox_events e
+        WHERE e.destination = k.destination AND e.alert_key = k.alert_key AND e.state = 'pending'
+        ORDER BY e.id LIMIT 1
+    ) n ON true
+), gone AS (
+    DELETE FROM outbox_heads h USING k
+    WHERE k.id IS NULL AND h.destination = k.destination AND h.alert_key = k.alert_key
+)
+UPDATE outbox_heads h
+SET event_id = k.id, priority = {PRIORITY_SQL.replace("event_status", "k.event_status")}, next_attempt_at = $3,
+    leased_until = 0, leased_by = NULL
+FROM k WHERE k.id IS NOT NULL AND h.destination = k.destination AND h.alert_key = k.alert_key
+"""
+
+
+async def advance(conn: asyncpg.Connection, keys: Sequence[tuple[str, str]], now: float) -> None:
+    """Make each key's oldest pending event its head, or drop the head (the caller holds the keys' locks)."""
+    if keys:
+        await conn.execute(_ADVANCE, [k[0] for k in keys], [k[1] for k in keys], now)
+
+
+_DELIVERED = """
+WITH gone AS (
+    DELETE FROM outbox_events e USING unnest($1::bigint[]) AS d(id)
+    WHERE e.id = d.id AND e.state = 'pending'
+    RETURNING e.id, e.destination, e.alert_key
+), state AS (
+    INSERT INTO outbox_key_state AS s (destination, alert_key, delivered_id, delivered_at)
+    SELECT destination, alert_key, max(id), $2 FROM gone GROUP BY destination, alert_key
+    ON CONFLICT (destination, alert_key)
+    DO UPDATE SET delivered_id = greatest(s.delivered_id, excluded.delivered_id), delivered_at = excluded.delivered_at
+)
+SELECT destination, alert_key, count(*) FROM gone GROUP BY destination, alert_key
+"""
+
+
+async def delivered(conn: asyncpg.Connection, event_ids: Sequence[int], now: float) -> int:
+    """Forget delivered events and let their keys' next events go; returns how many were pending."""
+    rows = await conn.fetch(_DELIVERED, list(event_ids), now)
+    await advance(conn, [(r[0], r[1]) for r in rows], now)
+    return sum(int(r[2]) for r in rows)
+
+
+async def retry_later(conn: asyncpg.Connection, event_id: int, at: float, code: str, error: str) -> None:
+    """Keep the (leased) head, due again at ``at``: one statement, no key lock (only its lease holder moves it)."""
+    await conn.execute(
+        "WITH e AS (UPDATE outbox_events SET attempts = attempts + 1, last_code = $2, last_error = $3"
+        " WHERE id = $1 AND state = 'pending' RETURNING destination, alert_key)"
+        " UPDATE outbox_heads h SET next_attempt_at = $4, leased_until = 0, leased_by = NULL"
+        " FROM e WHERE h.destination = e.destination AND h.alert_key = e.alert_key AND h.event_id = $1",
+        event_id,
+        code,
+        error,
+        at,
+    )
+
+
+async def release_leases(conn: asyncpg.Connection, replica: str) -> None:
+    """Every lease ``replica`` holds ends now (it stops; its attempts are over)."""
+    await conn.execute(
+        "UPDATE outbox_heads SET leased_until = 0, leased_by = NULL WHERE leased_by = $1 AND leased_until > 0", replica
+    )
+
+
+async def key_of(conn: asyncpg.Connection, event_id: int) -> tuple[str, str] | None:
+    row = await conn.fetchrow(
+        "SELECT destination, alert_key FROM outbox_events WHERE id = $1 AND state = 'pending'", event_id
+    )
+    return None if row is None else (row[0], row[1])
+
+
+async def park(
+    conn: asyncpg.Connection,
+    event_id: int,
+    code: str,
+    error: str,
+    request_id: str | None,
+    now: float,
+    *,
+    attempted: bool = True,
+) -> bool:
+    """Make a pending event a dead letter and let its key's next event go (the caller holds the key's lock)."""
+    row = await conn.fetchrow(
+        "UPDATE outbox_events SET state = 'dead', attempts = attempts + $2, last_code = $3, last_error = $4,"
+        " request_id = $5, dead_at = $6 WHERE id = $1 AND state = 'pending' RETURNING destination, alert_key",
+        event_id,
+        int(attempted),
+        code,
+        error,
+        request_id,
+        now,
+    )
+    if row is None:
+        return False
+    await advance(conn, [(row[0], row[1])], now)
+    return True
+
+
+async def drop_superseded(conn: asyncpg.Connection, event_id: int, now: float) -> bool:
+    """Delete a superseded firing head and advance its key (the caller holds the key's lock)."""
+    row = await conn.fetchrow(
+        "DELETE FROM outbox_events WHERE id = $1 AND state = 'pending' RETURNING destination, alert_key", event_id
+    )
+    if row is None:
+        return False
+    await advance(conn, [(row[0], row[1])], now)
+    return True
+
+
+async def next_due(conn: asyncpg.Connection, destination: str | None) -> float | None:
+    if destination is None:
+        value = await conn.fetchval(
+            f"SELECT min((SELECT min(greatest(h.next_attempt_at, h.leased_until)) FROM outbox_heads h"
+            f" WHERE h.destination = d.destination)) FROM ({_DESTINATIONS}) d"
+        )
+    else:
+        # The expression matches the outbox_heads_due index: one index lookup.
+        value = await conn.fetchval(
+            "SELECT min(greatest(next_attempt_at, leased_until)) FROM outbox_heads WHERE destination = $1",
+            destination,
+        )
+    return None if value is None else float(value)
+
+
+async def stats(conn: asyncpg.Connection) -> tuple[int, int, float | None, float]:
+    """(pending, dead, oldest pending created_at, the database's clock) in one round trip."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM outbox_events WHERE state = 'pending'),"
+        " (SELECT count(*) FROM outbox_events WHERE state = 'dead'),"
+        " (SELECT created_at FROM outbox_events WHERE state = 'pending' ORDER BY id LIMIT 1),"
+        " extract(epoch FROM clock_timestamp())::double precision"
+    )
+    assert row is not None
+    return int(row[0]), int(row[1]), row[2], float(row[3])
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+
+def _dead_where(where: DeadLetterFilter, now: float) -> tuple[str, list[Any]]:
+    clauses = ["state = 'dead'"]
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if where.ids:
+        clauses.append(f"id = ANY({arg(list(where.ids))}::bigint[])")
+    if where.destination is not None:
+        clauses.append(f"destination = {arg(where.destination)}")
+    if where.code is not None:
+        clauses.append(f"last_code = {arg(where.code)}")
+    if where.older_than is not None:
+        clauses.append(f"dead_at <= {arg(now - where.older_than)}")
+    return " AND ".join(clauses), args
+
+
+async def dead_letters(conn: asyncpg.Connection, where: DeadLetterFilter, now: float) -> list[dict[str, Any]]:
+    condition, args = _dead_where(where, now)
+    rows = await conn.fetch(
+        f"SELECT {', '.join(DEAD_LETTER_FIELDS)} FROM outbox_events WHERE {condition}"
+        f" ORDER BY id LIMIT ${len(args) + 1}",
+        *args,
+        where.limit,
+    )
+    return [dict(zip(DEAD_LETTER_FIELDS, row, strict=True)) for row in rows]
+
+
+async def dead_keys(conn: asyncpg.Connection, where: DeadLetterFilter, now: float) -> list[tuple[str, str]]:
+    """The keys of the dead letters ``where`` selects (to lock them before a replay)."""
+    condition, args = _dead_where(where, now)
+    rows = await conn.fetch(
+        f"SELECT DISTINCT destination, alert_key FROM (SELECT destination, alert_key FROM outbox_events"
+        f" WHERE {condition} ORDER BY id LIMIT ${len(args) + 1}) d",
+        *args,
+        where.limit,
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+async def replay(conn: asyncpg.Connection, now: float, where: DeadLetterFilter, force: bool) -> ReplayResult:
+    """Queue dead letters again in their original per-key order (the caller holds their keys' locks)."""
+    condition, args = _dead_where(where, now)
+    rows = await conn.fetch(
+        f"SELECT id, destination, alert_key, event_status FROM outbox_events WHERE {condition}"
+        f" ORDER BY id LIMIT ${len(args) + 1}",
+        *args,
+        where.limit,
+    )
+    result = ReplayResult([], [], [])
+    for event_id, destination, alert_key, status in rows:
+        head = await conn.fetchrow(
+            "SELECT event_id, leased_until FROM outbox_heads WHERE destination = $1 AND alert_key = $2",
+            destination,
+            alert_key,
+        )
+        delivered_id = await conn.fetchval(
+            "SELECT delivered_id FROM outbox_key_state WHERE destination = $1 AND alert_key = $2",
+            destination,
+            alert_key,
+        )
+        verdict = policy.replay_verdict(
+            event_id,
+            head=None if head is None else (head[0], head[1]),
+            delivered_id=delivered_id,
+            now=now,
+            force=force,
+        )
+        if verdict is policy.ReplayVerdict.IN_FLIGHT:
+            result.in_flight.append(event_id)
+            continue
+        if verdict is policy.ReplayVerdict.SUPERSEDED:
+            result.superseded.append(event_id)
+            continue
+        await conn.execute(
+            "UPDATE outbox_events SET state = 'pending', attempts = 0, dead_at = NULL WHERE id = $1", event_id
+        )
+        # The replayed event is older than anything pending for its key, or it is alone.
+        await conn.execute(
+            "INSERT INTO outbox_heads AS h (destination, alert_key, event_id, priority, next_attempt_at)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (destination, alert_key) DO UPDATE"
+            " SET event_id = excluded.event_id, priority = excluded.priority,"
+            " next_attempt_at = excluded.next_attempt_at, leased_until = 0, leased_by = NULL"
+            " WHERE excluded.event_id < h.event_id",
+            destination,
+            alert_key,
+            event_id,
+            policy.priority(status),
+            now,
+        )
+        result.replayed.append(event_id)
+    return result
+
+
+async def purge(conn: asyncpg.Connection, where: DeadLetterFilter, now: float) -> int:
+    condition, args = _dead_where(where, now)
+    rows = await conn.fetch(
+        f"DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events WHERE {condition}"
+        f" ORDER BY id LIMIT ${len(args) + 1}) RETURNING id",
+        *args,
+        where.limit,
+    )
+    return len(rows)
+
+
+# -- the shared rate limit ---------------------------------------------------------------
+
+
+async def reserve(
+    conn: asyncpg.Connection,
+    destination: str,
+    want: int,
+    per_second: int,
+    per_minute: int,
+    now: float,
+    windows: tuple[float, float],
+) -> tuple[int, float, int, int]:
+    """(granted, next free, used in the second window, used in the minute window): one round trip."""
+    row = await conn.fetchrow(
+        "SELECT * FROM outbox_reserve($1, $2, $3, $4, $5, $6, $7)",
+        destination,
+        want,
+        per_second,
+        per_minute,
+        now,
+        *windows,
+    )
+    assert row is not None
+    return int(row[0]), float(row[1]), int(row[2]), int(row[3])
+
+
+async def release(conn: asyncpg.Connection, destination: str, at: float, count: int) -> None:
+    """Give back ``count`` sends reserved at ``at`` that were not used."""
+    await conn.execute(
+        "DELETE FROM outbox_rate_sends WHERE ctid IN (SELECT ctid FROM outbox_rate_sends"
+        " WHERE destination = $1 AND at = $2 LIMIT $3)",
+        destination,
+        at,
+        count,
+    )
+
+
+async def pause(conn: asyncpg.Connection, destination: str, until: float) -> None:
+    await conn.execute(
+        "INSERT INTO outbox_pacing AS p VALUES ($1, $2) ON CONFLICT (destination)"
+        " DO UPDATE SET paused_until = greatest(p.paused_until, excluded.paused_until)",
+        destination,
+        until,
+    )
