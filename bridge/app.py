@@ -35,7 +35,7 @@ from bridge.config import load as load_config
 from bridge.destinations.flashduty import DryRunDestination, Transports
 from bridge.metrics import Metrics
 from bridge.outbox import Outbox, open_outbox
-from bridge.outbox.dispatcher import Dispatcher
+from bridge.outbox.dispatcher import Dispatcher, lease_for
 from bridge.passthrough import PassthroughKeys
 from bridge.responses import envelope
 from bridge.runtime import Runtime
@@ -198,7 +198,13 @@ def create_app(
         http = Transports(config.delivery.workers)
         runtime = runtime_module.build(config, http)
         dispatcher = Dispatcher(
-            outbox, runtime.destinations, metrics, config.delivery, runtime.rate_limits, clock=clock
+            outbox,
+            runtime.destinations,
+            metrics,
+            config.delivery,
+            runtime.rate_limits,
+            clock=clock,
+            lease_seconds=lease_for(config.flashduty.timeout),
         )
         passthrough = PassthroughKeys(
             outbox,

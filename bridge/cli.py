@@ -13,6 +13,7 @@ from typing import Any, cast
 
 from bridge import __version__, config, deadletters, logs, preview
 from bridge.outbox import OpenRefused, OutboxInUse, OutboxUnusable, open_outbox
+from bridge.outbox.factory import describe as describe_storage
 
 log = logging.getLogger("bridge")
 
@@ -27,12 +28,24 @@ def load_or_exit(path: str | None) -> config.Config:
             integration_keys(cfg)
         except config.ConfigError as exc:  # labelled by section; the header names the file
             raise config.ConfigError(path or "(defaults)", exc.problems) from None
+        _check_dsn(cfg.storage, path or "(defaults)")
         return cfg
     except config.ConfigError as exc:
         print(f"error: invalid configuration {exc.source}:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _check_dsn(storage: config.StorageConfig, source: str) -> None:
+    """A ``storage.dsn_file`` must be readable now (its content is never shown)."""
+    if storage.postgresql:
+        from bridge.outbox.postgres.dsn import DsnError, read_dsn
+
+        try:
+            read_dsn(storage)
+        except DsnError as exc:
+            raise config.ConfigError(source, [str(exc)]) from None
 
 
 def _storage_problem(path: Path) -> str | None:
@@ -75,7 +88,7 @@ def serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: --listen {exc}", file=sys.stderr)
             return 2
-    problem = _storage_problem(cfg.storage.path)
+    problem = None if cfg.storage.postgresql else _storage_problem(cfg.storage.path)
     if problem:
         print(f"error: storage.path {cfg.storage.path}: {problem}", file=sys.stderr)
         return 2
@@ -131,7 +144,7 @@ def check_config(args: argparse.Namespace) -> int:
     destinations = (["default"] if not cfg.flashduty.dry_run else []) + list(cfg.destinations)
     print(
         f"{args.config}: OK ({mode}; {len(destinations)} destinations: {', '.join(destinations) or 'none'};"
-        f" {len(cfg.routes)} routes; outbox in {cfg.storage.path})"
+        f" {len(cfg.routes)} routes; outbox in {describe_storage(cfg.storage)})"
     )
     return 0
 

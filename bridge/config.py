@@ -118,8 +118,9 @@ class StorageConfig(_Frozen):
 
     @model_validator(mode="after")
     def _one_place(self) -> StorageConfig:
-        given = [name for name in ("path", "dsn", "dsn_file") if name in self.model_fields_set]
-        if self.dsn is not None and self.dsn_file is not None or len(given) > 1:
+        given = ["path"] if "path" in self.model_fields_set else []
+        given += [name for name in ("dsn", "dsn_file") if getattr(self, name) is not None]
+        if len(given) > 1:
             raise ValueError(
                 "give one of storage.path (SQLite), storage.dsn or storage.dsn_file (PostgreSQL), not "
                 + " and ".join(given)

@@ -19,6 +19,16 @@ attempt's :class:`Outcome` decides:
 ``attempts`` counts every attempt an event ever had, across replays, so "attempt 3" in
 the log is the third request Flashduty saw for that event.
 
+When the outbox is shared by several processes (PostgreSQL), so is pacing: the outbox's
+``rate_limits`` grants each pass a small batch of sends from the one rate limit of the
+destination (unused ones are given back), and a 429's pause is recorded there for every
+replica. The lane's own limiter still runs: it never admits more than the shared one. The
+outbox calls ``wake`` when another replica commits events (``subscribe``).
+
+A claim is a lease of ``lease_seconds``: longer than any attempt (an attempt ends within
+the destination's timeout), so a lease only runs out when its process died, and then the
+key goes to another worker or replica without ever overtaking an attempt still on the wire.
+
 Storage failures (a full disk, I/O errors, a lost database) pause delivery, not the
 process: the outbox records them in its ``health`` (the bridge is not ready while one
 lasts), and each pass first probes the storage with a durable write; after a probe and
@@ -49,8 +59,10 @@ from bridge.outbox.protocol import Outbox
 
 log = logging.getLogger("bridge.outbox")
 
-#: How long a claimed event is reserved for its worker; longer than any single attempt.
+#: How long a claimed event is reserved for its worker, by default; longer than any single attempt.
 LEASE_SECONDS = 300.0
+#: Added to twice the attempt timeout to make a lease (see ``lease_for``).
+LEASE_MARGIN = 10.0
 #: Upper bound on idle sleeps, so stats stay fresh and a lost wake-up costs at most this.
 IDLE_POLL_SECONDS = 1.0
 #: Pause after a 429 without Retry-After.
@@ -60,6 +72,14 @@ STATS_INTERVAL = 1.0
 UNKNOWN_SCAN_INTERVAL = 5.0
 #: Destination name used for events whose destination is no longer configured.
 UNKNOWN_DESTINATION = "unknown_destination"
+
+
+def lease_for(attempt_timeout: float) -> float:
+    """A lease that outlasts any attempt (each ends within ``attempt_timeout``) with room for its bookkeeping.
+
+    Short enough that a killed replica's keys are taken over within seconds, not minutes.
+    """
+    return 2 * attempt_timeout + LEASE_MARGIN
 
 
 def backoff_delay(attempt: int, config: DeliveryConfig, rand: Callable[[], float] = random.random) -> float:
@@ -79,8 +99,11 @@ class _Lane:
     destination: Destination
     limiter: RateLimiter
     circuit: CircuitBreaker
+    limits: RateLimitConfig
     #: Flashduty refused this destination's key and no success (or reload) has happened since.
     key_rejected: bool = False
+    #: Headroom the shared rate limit reported at its last reservation (None: in-process pacing).
+    shared_headroom: dict[str, int] | None = None
 
 
 class Dispatcher:
@@ -98,8 +121,10 @@ class Dispatcher:
         rand: Callable[[], float] = random.random,
         stats_interval: float = STATS_INTERVAL,
         scan_interval: float = UNKNOWN_SCAN_INTERVAL,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self.outbox = outbox
+        self.lease_seconds = lease_seconds
         self.metrics = metrics
         self.config = config
         self._clock = clock
@@ -132,10 +157,12 @@ class Dispatcher:
                     destination,
                     RateLimiter(limits.per_second, limits.per_minute),
                     CircuitBreaker(circuit.failures, circuit.cooldown, circuit.max_cooldown),
+                    limits,
                 )
                 self.metrics.init_destination(name)
             else:
                 lane.destination = destination
+                lane.limits = limits
                 lane.limiter.resize(limits.per_second, limits.per_minute)
                 lane.key_rejected = False  # a reload may have fixed the key: say it again if not
 
@@ -148,6 +175,7 @@ class Dispatcher:
         return {name: lane.circuit.state.value for name, lane in self.lanes.items()}
 
     def start(self) -> None:
+        self.outbox.subscribe(self.wake)
         self._feeder = asyncio.get_running_loop().create_task(self._feed(), name="outbox-feeder")
 
     def wake(self) -> None:
@@ -229,7 +257,21 @@ class Dispatcher:
                 )
                 wake_at = min(wake_at, max(later, now + 0.001))
                 continue
-            claim = await self.outbox.claim(name, budget, LEASE_SECONDS)
+            shared = self.outbox.rate_limits
+            reservation = None
+            if shared is not None:
+                limits = lane.limits
+                reservation = await shared.reserve(name, budget, limits.per_second, limits.per_minute)
+                lane.shared_headroom = reservation.headroom
+                if reservation.granted <= 0:
+                    wake_at = min(wake_at, max(reservation.next_free, now + 0.001))
+                    continue
+                budget = reservation.granted
+            claim = await self.outbox.claim(name, budget, self.lease_seconds)
+            if shared is not None and reservation is not None and len(claim.events) < budget:
+                unused = budget - len(claim.events)
+                await shared.release(name, reservation, unused)
+                lane.shared_headroom = {window: left + unused for window, left in reservation.headroom.items()}
             if claim.next_due is not None:
                 # Nothing more is due for this lane now: wake when its next event is.
                 wake_at = min(wake_at, claim.next_due)
@@ -272,7 +314,7 @@ class Dispatcher:
     async def _park_unknown(self, name: str, limit: int) -> int:
         """Events stored for a destination this config no longer has: keep them visible, never drop them."""
         # No coalescing here: every event of a retired destination stays visible.
-        claim = await self.outbox.claim(name, limit, LEASE_SECONDS, coalesce=False)
+        claim = await self.outbox.claim(name, limit, self.lease_seconds, coalesce=False)
         for event in claim.events:
             await self.outbox.dead(event.id, UNKNOWN_DESTINATION, f"no destination {name!r} in the config", None)
             self.metrics.dead_lettered.labels(name, UNKNOWN_DESTINATION).inc()
@@ -295,7 +337,8 @@ class Dispatcher:
         for name, lane in self.lanes.items():
             lane.circuit.allowance(now)  # let an expired cool-down show as half-open
             self.metrics.circuit_open.labels(name).set(0 if lane.circuit.state is CircuitState.CLOSED else 1)
-            for window, left in lane.limiter.headroom(now).items():
+            headroom = lane.shared_headroom if lane.shared_headroom is not None else lane.limiter.headroom(now)
+            for window, left in headroom.items():
                 self.metrics.rate_limit_headroom.labels(name, window).set(left)
         try:
             stats = await self.outbox.stats()
@@ -327,6 +370,10 @@ class Dispatcher:
         metrics.child(metrics.attempt_duration, destination.name).observe(time.perf_counter() - started)
         metrics.child(metrics.attempts, destination.name, outcome.verdict.value, outcome.code).inc()
         self._pace(lane, outcome)
+        shared = self.outbox.rate_limits
+        if shared is not None and outcome.reason is Reason.RATE_LIMITED:
+            # Every replica sends to this integration key: all of them pause.
+            await shared.pause(destination.name, lane.limiter.paused_until)
         await self._record(lane, event, outcome)
 
     def _pace(self, lane: _Lane, outcome: Outcome) -> None:

@@ -130,6 +130,10 @@ class RateLimiter:
         """Flashduty said 429: send nothing to this key before ``until``."""
         self._paused_until = max(self._paused_until, until)
 
+    @property
+    def paused_until(self) -> float:
+        return self._paused_until
+
     def headroom(self, now: float) -> dict[str, int]:
         """Requests left in each window now, for metrics."""
         (_, per_second), (_, per_minute) = self.windows

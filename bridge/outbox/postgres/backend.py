@@ -45,7 +45,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 
@@ -67,6 +67,7 @@ from bridge.outbox.model import (
 from bridge.outbox.pacing import MINUTE_MARGIN, SHARED_SECOND_MARGIN, Reservation
 from bridge.outbox.postgres import queries
 from bridge.outbox.postgres.dsn import display, secrets
+from bridge.outbox.postgres.queries import Conn
 from bridge.outbox.postgres.schema import migrate
 from bridge.outbox.postgres.writer import GroupWriter, Outcome
 
@@ -118,8 +119,8 @@ class PostgresOutbox:
         self._offset = 0.0
         self.health = StorageHealth(clock or time.time)
         self.replica = f"{replica_name()}:{uuid.uuid4().hex[:6]}"
-        self._pool: asyncpg.Pool | None = None
-        self._listener: asyncpg.Connection | None = None
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._listener: asyncpg.Connection[asyncpg.Record] | None = None
         self._wakers: list[Callable[[], None]] = []
         self._closed = False
         #: Pending events at the last count, and this replica's changes since.
@@ -186,7 +187,8 @@ class PostgresOutbox:
                     raise OpenRefused(f"outbox {self._location} cannot be opened: {describe(exc)}") from None
                 await asyncio.sleep(0.5)
             except ValueError as exc:  # an unparsable DSN: never echoed
-                raise OpenRefused(f"outbox {self._location} cannot be opened: invalid DSN ({type(exc).__name__})") from None
+                reason = f"invalid DSN ({type(exc).__name__})"
+                raise OpenRefused(f"outbox {self._location} cannot be opened: {reason}") from None
         try:
             async with pool.acquire() as conn:
                 version = await migrate(conn, self._location)
@@ -223,11 +225,11 @@ class PostgresOutbox:
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), timeout=5)
-            except (TimeoutError, *DATABASE_ERRORS):
+            except DATABASE_ERRORS:
                 pool.terminate()
         self._closed = True
 
-    async def _listen(self) -> asyncpg.Connection | None:
+    async def _listen(self) -> asyncpg.Connection[asyncpg.Record] | None:
         """A connection of its own that LISTENs for commits of other replicas (None: could not connect)."""
         try:
             conn = await asyncpg.connect(self._dsn, timeout=CONNECT_SECONDS, command_timeout=COMMAND_TIMEOUT)
@@ -250,14 +252,14 @@ class PostgresOutbox:
                 self._notified()  # commits may have happened while nobody listened
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _connection(self) -> AsyncIterator[Conn]:
         pool = self._pool
         if pool is None:
             raise OutboxClosed("outbox is not open")
         async with pool.acquire() as conn:
-            yield _Counted(conn, self)  # type: ignore[misc]
+            yield cast(Conn, _Counted(conn, self))
 
-    async def _run(self, operation: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def _run(self, operation: str, work: Callable[[Conn], Awaitable[T]]) -> T:
         """``work`` on a pooled connection; a database failure is recorded and raised as OutboxUnavailable."""
         try:
             async with self._connection() as conn:
@@ -273,11 +275,11 @@ class PostgresOutbox:
         return OutboxUnavailable(f"outbox {operation} failed: {reason}")
 
     async def _keyed(
-        self, operation: str, keys: Sequence[tuple[str, str]], work: Callable[[asyncpg.Connection], Awaitable[T]]
+        self, operation: str, keys: Sequence[tuple[str, str]], work: Callable[[Conn], Awaitable[T]]
     ) -> T:
         """``work`` in one transaction holding the advisory locks of ``keys``."""
 
-        async def transaction(conn: asyncpg.Connection) -> T:
+        async def transaction(conn: Conn) -> T:
             await conn.execute(queries.lock_statement(keys))
             try:
                 result = await work(conn)
@@ -313,7 +315,7 @@ class PostgresOutbox:
         return stored
 
     async def _admit(
-        self, conn: asyncpg.Connection, requests: Sequence[Sequence[NewEvent]], now: float
+        self, conn: Conn, requests: Sequence[Sequence[NewEvent]], now: float
     ) -> policy.Admission:
         return await queries.insert(
             conn,
@@ -345,13 +347,12 @@ class PostgresOutbox:
         expired: list[Claimed] = []
         coalesced = 0
         while len(events) < limit:
-            now = self._now()
-            rows = await self._run(
-                "claim",
-                lambda conn, n=now: queries.claim(
-                    conn, destination, n, limit - len(events), lease_seconds, self.replica, coalesce
-                ),
-            )
+            now, want = self._now(), limit - len(events)
+
+            def lease(conn: Conn, now: float = now, want: int = want) -> Awaitable[list[tuple[Claimed, str | None]]]:
+                return queries.claim(conn, destination, now, want, lease_seconds, self.replica, coalesce)
+
+            rows = await self._run("claim", lease)
             if not rows:
                 break
             cleanup: list[tuple[Claimed, bool]] = []  # (head, expired: else superseded)
@@ -383,7 +384,7 @@ class PostgresOutbox:
         """Park expired heads and drop superseded ones (leased by this claim), each key under its lock."""
         assert self.max_age is not None or all(not was_expired for _, was_expired in heads)
 
-        async def work(conn: asyncpg.Connection) -> list[tuple[Claimed, bool]]:
+        async def work(conn: Conn) -> list[tuple[Claimed, bool]]:
             done = []
             for event, was_expired in heads:
                 if was_expired:
@@ -437,7 +438,7 @@ class PostgresOutbox:
         return None if due is None else self._local(due)
 
     async def stats(self) -> OutboxStats:
-        async def work(conn: asyncpg.Connection) -> tuple[int, int, float | None, float, float, float]:
+        async def work(conn: Conn) -> tuple[int, int, float | None, float, float, float]:
             sent = time.time()
             result = await queries.stats(conn)
             return (*result, sent, time.time())
@@ -515,7 +516,7 @@ class PostgresRateLimits:
 class _Counted:
     """A connection that counts its round trips into the outbox's ``round_trips``."""
 
-    def __init__(self, conn: asyncpg.Connection, outbox: PostgresOutbox) -> None:
+    def __init__(self, conn: Conn, outbox: PostgresOutbox) -> None:
         self._conn = conn
         self._outbox = outbox
 
@@ -531,7 +532,7 @@ class _Counted:
         return attribute
 
 
-async def _reset(conn: asyncpg.Connection) -> None:
+async def _reset(conn: Conn) -> None:
     """What a connection needs when it goes back to the pool: no open transaction (no other session state is
     kept: locks are transaction-scoped and LISTEN has a connection of its own), so no round trip otherwise."""
     if conn.is_in_transaction():

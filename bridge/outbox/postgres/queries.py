@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from bridge.outbox import policy
 from bridge.outbox.model import DEAD_LETTER_FIELDS, Claimed, DeadLetterFilter, NewEvent, ReplayResult
 from bridge.outbox.postgres.schema import PRIORITY_SQL
+
+#: A connection of its own, or one lent by the pool.
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 #: What a probe writes: a database that takes this much again is worth trying a request on.
 PROBE_BYTES = 16384
@@ -78,7 +82,7 @@ ON CONFLICT (destination, alert_key) DO NOTHING
 
 
 async def insert(
-    conn: asyncpg.Connection,
+    conn: Conn,
     requests: Sequence[Sequence[NewEvent]],
     now: float,
     *,
@@ -111,17 +115,17 @@ async def insert(
     return admission
 
 
-async def save_passthrough_key(conn: asyncpg.Connection, destination: str, integration_key: str) -> None:
+async def save_passthrough_key(conn: Conn, destination: str, integration_key: str) -> None:
     await conn.execute(
         "INSERT INTO outbox_passthrough_keys VALUES ($1, $2) ON CONFLICT DO NOTHING", destination, integration_key
     )
 
 
-async def passthrough_keys(conn: asyncpg.Connection) -> dict[str, str]:
+async def passthrough_keys(conn: Conn) -> dict[str, str]:
     return {r[0]: r[1] for r in await conn.fetch("SELECT destination, integration_key FROM outbox_passthrough_keys")}
 
 
-async def heartbeat(conn: asyncpg.Connection, now: float) -> None:
+async def heartbeat(conn: Conn, now: float) -> None:
     """The probe's write, committed synchronously like a put."""
     await conn.execute(
         "INSERT INTO outbox_meta VALUES ('probe', $1) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -143,7 +147,7 @@ SELECT destination FROM d WHERE destination IS NOT NULL
 """
 
 
-async def destinations(conn: asyncpg.Connection) -> list[str]:
+async def destinations(conn: Conn) -> list[str]:
     """One index seek per destination (a loose index scan), not a read of every head."""
     return [r[0] for r in await conn.fetch(_DESTINATIONS)]
 
@@ -173,7 +177,7 @@ ORDER BY leased.priority, leased.event_id
 
 
 async def claim(
-    conn: asyncpg.Connection,
+    conn: Conn,
     destination: str,
     now: float,
     limit: int,
@@ -207,7 +211,7 @@ FROM k WHERE k.id IS NOT NULL AND h.destination = k.destination AND h.alert_key 
 """
 
 
-async def advance(conn: asyncpg.Connection, keys: Sequence[tuple[str, str]], now: float) -> None:
+async def advance(conn: Conn, keys: Sequence[tuple[str, str]], now: float) -> None:
     """Make each key's oldest pending event its head, or drop the head (the caller holds the keys' locks)."""
     if keys:
         await conn.execute(_ADVANCE, [k[0] for k in keys], [k[1] for k in keys], now)
@@ -228,14 +232,14 @@ SELECT destination, alert_key, count(*) FROM gone GROUP BY destination, alert_ke
 """
 
 
-async def delivered(conn: asyncpg.Connection, event_ids: Sequence[int], now: float) -> int:
+async def delivered(conn: Conn, event_ids: Sequence[int], now: float) -> int:
     """Forget delivered events and let their keys' next events go; returns how many were pending."""
     rows = await conn.fetch(_DELIVERED, list(event_ids), now)
     await advance(conn, [(r[0], r[1]) for r in rows], now)
     return sum(int(r[2]) for r in rows)
 
 
-async def retry_later(conn: asyncpg.Connection, event_id: int, at: float, code: str, error: str) -> None:
+async def retry_later(conn: Conn, event_id: int, at: float, code: str, error: str) -> None:
     """Keep the (leased) head, due again at ``at``: one statement, no key lock (only its lease holder moves it)."""
     await conn.execute(
         "WITH e AS (UPDATE outbox_events SET attempts = attempts + 1, last_code = $2, last_error = $3"
@@ -249,14 +253,14 @@ async def retry_later(conn: asyncpg.Connection, event_id: int, at: float, code: 
     )
 
 
-async def release_leases(conn: asyncpg.Connection, replica: str) -> None:
+async def release_leases(conn: Conn, replica: str) -> None:
     """Every lease ``replica`` holds ends now (it stops; its attempts are over)."""
     await conn.execute(
         "UPDATE outbox_heads SET leased_until = 0, leased_by = NULL WHERE leased_by = $1 AND leased_until > 0", replica
     )
 
 
-async def key_of(conn: asyncpg.Connection, event_id: int) -> tuple[str, str] | None:
+async def key_of(conn: Conn, event_id: int) -> tuple[str, str] | None:
     row = await conn.fetchrow(
         "SELECT destination, alert_key FROM outbox_events WHERE id = $1 AND state = 'pending'", event_id
     )
@@ -264,7 +268,7 @@ async def key_of(conn: asyncpg.Connection, event_id: int) -> tuple[str, str] | N
 
 
 async def park(
-    conn: asyncpg.Connection,
+    conn: Conn,
     event_id: int,
     code: str,
     error: str,
@@ -290,7 +294,7 @@ async def park(
     return True
 
 
-async def drop_superseded(conn: asyncpg.Connection, event_id: int, now: float) -> bool:
+async def drop_superseded(conn: Conn, event_id: int, now: float) -> bool:
     """Delete a superseded firing head and advance its key (the caller holds the key's lock)."""
     row = await conn.fetchrow(
         "DELETE FROM outbox_events WHERE id = $1 AND state = 'pending' RETURNING destination, alert_key", event_id
@@ -301,7 +305,7 @@ async def drop_superseded(conn: asyncpg.Connection, event_id: int, now: float) -
     return True
 
 
-async def next_due(conn: asyncpg.Connection, destination: str | None) -> float | None:
+async def next_due(conn: Conn, destination: str | None) -> float | None:
     if destination is None:
         value = await conn.fetchval(
             f"SELECT min((SELECT min(greatest(h.next_attempt_at, h.leased_until)) FROM outbox_heads h"
@@ -316,7 +320,7 @@ async def next_due(conn: asyncpg.Connection, destination: str | None) -> float |
     return None if value is None else float(value)
 
 
-async def stats(conn: asyncpg.Connection) -> tuple[int, int, float | None, float]:
+async def stats(conn: Conn) -> tuple[int, int, float | None, float]:
     """(pending, dead, oldest pending created_at, the database's clock) in one round trip."""
     row = await conn.fetchrow(
         "SELECT (SELECT count(*) FROM outbox_events WHERE state = 'pending'),"
@@ -350,7 +354,7 @@ def _dead_where(where: DeadLetterFilter, now: float) -> tuple[str, list[Any]]:
     return " AND ".join(clauses), args
 
 
-async def dead_letters(conn: asyncpg.Connection, where: DeadLetterFilter, now: float) -> list[dict[str, Any]]:
+async def dead_letters(conn: Conn, where: DeadLetterFilter, now: float) -> list[dict[str, Any]]:
     condition, args = _dead_where(where, now)
     rows = await conn.fetch(
         f"SELECT {', '.join(DEAD_LETTER_FIELDS)} FROM outbox_events WHERE {condition}"
@@ -361,7 +365,7 @@ async def dead_letters(conn: asyncpg.Connection, where: DeadLetterFilter, now: f
     return [dict(zip(DEAD_LETTER_FIELDS, row, strict=True)) for row in rows]
 
 
-async def dead_keys(conn: asyncpg.Connection, where: DeadLetterFilter, now: float) -> list[tuple[str, str]]:
+async def dead_keys(conn: Conn, where: DeadLetterFilter, now: float) -> list[tuple[str, str]]:
     """The keys of the dead letters ``where`` selects (to lock them before a replay)."""
     condition, args = _dead_where(where, now)
     rows = await conn.fetch(
@@ -373,7 +377,7 @@ async def dead_keys(conn: asyncpg.Connection, where: DeadLetterFilter, now: floa
     return [(r[0], r[1]) for r in rows]
 
 
-async def replay(conn: asyncpg.Connection, now: float, where: DeadLetterFilter, force: bool) -> ReplayResult:
+async def replay(conn: Conn, now: float, where: DeadLetterFilter, force: bool) -> ReplayResult:
     """Queue dead letters again in their original per-key order (the caller holds their keys' locks)."""
     condition, args = _dead_where(where, now)
     rows = await conn.fetch(
@@ -427,7 +431,7 @@ async def replay(conn: asyncpg.Connection, now: float, where: DeadLetterFilter, 
     return result
 
 
-async def purge(conn: asyncpg.Connection, where: DeadLetterFilter, now: float) -> int:
+async def purge(conn: Conn, where: DeadLetterFilter, now: float) -> int:
     condition, args = _dead_where(where, now)
     rows = await conn.fetch(
         f"DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events WHERE {condition}"
@@ -442,7 +446,7 @@ async def purge(conn: asyncpg.Connection, where: DeadLetterFilter, now: float) -
 
 
 async def reserve(
-    conn: asyncpg.Connection,
+    conn: Conn,
     destination: str,
     want: int,
     per_second: int,
@@ -464,7 +468,7 @@ async def reserve(
     return int(row[0]), float(row[1]), int(row[2]), int(row[3])
 
 
-async def release(conn: asyncpg.Connection, destination: str, at: float, count: int) -> None:
+async def release(conn: Conn, destination: str, at: float, count: int) -> None:
     """Give back ``count`` sends reserved at ``at`` that were not used."""
     await conn.execute(
         "DELETE FROM outbox_rate_sends WHERE ctid IN (SELECT ctid FROM outbox_rate_sends"
@@ -475,7 +479,7 @@ async def release(conn: asyncpg.Connection, destination: str, at: float, count: 
     )
 
 
-async def pause(conn: asyncpg.Connection, destination: str, until: float) -> None:
+async def pause(conn: Conn, destination: str, until: float) -> None:
     await conn.execute(
         "INSERT INTO outbox_pacing AS p VALUES ($1, $2) ON CONFLICT (destination)"
         " DO UPDATE SET paused_until = greatest(p.paused_until, excluded.paused_until)",

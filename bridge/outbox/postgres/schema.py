@@ -27,10 +27,13 @@ migration is appended to :data:`MIGRATIONS`; existing ones never change.
 
 from __future__ import annotations
 
-import asyncpg
+from typing import TYPE_CHECKING
 
 from bridge.outbox.model import OutboxUnusable
 from bridge.outbox.policy import LOWEST_PRIORITY, PRIORITY
+
+if TYPE_CHECKING:
+    from bridge.outbox.postgres.queries import Conn
 
 #: pg_advisory_xact_lock key of schema migrations ("FDbrMIGR" as a 64-bit integer).
 MIGRATION_LOCK = int.from_bytes(b"FDbrMIGR", "big") - (1 << 63)
@@ -147,7 +150,7 @@ PRIORITY_SQL = (
 )
 
 
-async def migrate(conn: asyncpg.Connection, location: str) -> int:
+async def migrate(conn: Conn, location: str) -> int:
     """Bring the schema to :data:`SCHEMA_VERSION` (once, whatever the number of replicas starting); returns
     the version found before."""
     async with conn.transaction():

@@ -31,6 +31,7 @@ import asyncpg
 from bridge.outbox import policy
 from bridge.outbox.model import NewEvent
 from bridge.outbox.postgres import queries
+from bridge.outbox.postgres.queries import Conn
 
 log = logging.getLogger("bridge.outbox")
 
@@ -67,8 +68,8 @@ class GroupWriter:
 
     def __init__(
         self,
-        acquire: Callable[[], contextlib.AbstractAsyncContextManager[asyncpg.Connection]],
-        admit: Callable[[asyncpg.Connection, Sequence[Sequence[NewEvent]], float], Awaitable[policy.Admission]],
+        acquire: Callable[[], contextlib.AbstractAsyncContextManager[Conn]],
+        admit: Callable[[Conn, Sequence[Sequence[NewEvent]], float], Awaitable[policy.Admission]],
         committed: Callable[[Outcome], None],
         now: Callable[[], float],
     ) -> None:
@@ -131,7 +132,7 @@ class GroupWriter:
                     raise
         raise AssertionError("unreachable")
 
-    async def _transaction(self, conn: asyncpg.Connection, batch: list[_Write]) -> Outcome:
+    async def _transaction(self, conn: Conn, batch: list[_Write]) -> Outcome:
         now = self._now()
         await conn.execute(queries.lock_statement(key for write in batch for key in write.keys))
         outcome = Outcome()
@@ -148,7 +149,7 @@ class GroupWriter:
         return outcome
 
 
-async def _rollback(conn: asyncpg.Connection) -> None:
+async def _rollback(conn: Conn) -> None:
     if not conn.is_closed() and conn.is_in_transaction():
         with contextlib.suppress(Exception):
             await conn.execute("ROLLBACK")
