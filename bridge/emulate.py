@@ -136,7 +136,9 @@ class _State:
     def record(
         self, key: str, status: int, code: str | None, message: str | None, alert_key: str | None
     ) -> dict[str, Any]:
-        entry = dict(status=status, code=code, message=message, alert_key=alert_key, integration_key=key)
+        entry = dict(
+            status=status, code=code, message=message, alert_key=alert_key, integration_key=key, received_at=time.time()
+        )
         self.requests.append({"seq": len(self.requests) + 1, **entry, "fault": False})
         return self.requests[-1]
 
