@@ -122,7 +122,7 @@ def test_three_replicas_share_order_suppression_and_the_rate_limit_through_a_kil
                     body = webhook(group, status)
                     first, peer = bridges[group % REPLICAS], bridges[(group + 1) % REPLICAS]
                     # The two Alertmanager peers notify at the same moment, each a different replica.
-                    list(senders.map(lambda b: post(b, body), [first, peer]))
+                    list(senders.map(post, [first, peer], [body, body]))
                     if status == "firing" and group == groups // 2:
                         # Mid-burst, while it holds leases: kill -9, as the OOM killer or a lost node would.
                         wait_for(lambda: victim.metric("flashduty_bridge_delivery_attempts_total") > 0, 30)

@@ -1,0 +1,204 @@
+"""What only the PostgreSQL outbox promises: several outboxes (replicas) on one database agree.
+
+Migrations run once when replicas open together, and a newer schema is refused; per-key order,
+suppression and leases hold between two outboxes; the rate limit and a 429 pause are shared;
+a commit wakes the other replicas; the DSN's password is never shown. Every test has a schema
+of its own on the real server (``tests.support.postgres``); the contract every backend keeps is
+in ``test_outbox.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from bridge import logs
+from bridge.config import StorageConfig
+from bridge.outbox import DeadLetterFilter, OpenRefused, OutboxUnusable
+from bridge.outbox.postgres import PostgresOutbox
+from bridge.outbox.postgres import backend as backend_module
+from bridge.outbox.postgres.dsn import display, read_dsn, secrets
+from bridge.outbox.postgres.schema import SCHEMA_VERSION
+from tests.support import postgres
+from tests.support.clock import FakeClock
+from tests.support.outboxes import DEST, claim, ev
+
+PASSWORD = "pw-SECRET-9c41"
+ALL = DeadLetterFilter()
+
+
+@pytest.fixture
+async def database() -> AsyncIterator[postgres.Database]:
+    async with postgres.database() as db:
+        yield db
+
+
+@pytest.fixture
+async def replicas(database: postgres.Database) -> AsyncIterator[list[PostgresOutbox]]:
+    """Two open outboxes on one database, on one fake clock."""
+    clock = FakeClock()
+    boxes = [PostgresOutbox(database.dsn, max_pending=1000, refresh_interval=300, clock=clock) for _ in range(2)]
+    for box in boxes:
+        await box.open()
+    yield boxes
+    for box in boxes:
+        await box.close()
+
+
+def with_password(dsn: str) -> str:
+    """The test DSN with a password (the local server trusts loopback, so it still connects)."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}:{PASSWORD}@{parts.hostname}:{parts.port}"))
+
+
+async def test_replicas_opening_together_migrate_once(database: postgres.Database) -> None:
+    boxes = [PostgresOutbox(database.dsn, max_pending=10) for _ in range(4)]
+    await asyncio.gather(*(box.open() for box in boxes))
+    try:
+        assert database.query("SELECT value FROM outbox_meta WHERE name = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+        assert all(box.is_open for box in boxes)
+    finally:
+        for box in boxes:
+            await box.close()
+
+
+async def test_a_schema_newer_than_the_bridge_is_refused(database: postgres.Database) -> None:
+    first = PostgresOutbox(database.dsn, max_pending=10)
+    await first.open()
+    await first.close()
+    database.query("UPDATE outbox_meta SET value = '99' WHERE name = 'schema_version' RETURNING 1")
+    with pytest.raises(OutboxUnusable, match="schema 99, newer than this bridge"):
+        await PostgresOutbox(database.dsn, max_pending=10).open()
+
+
+async def test_the_same_alert_at_two_replicas_at_once_is_stored_once(replicas: list[PostgresOutbox]) -> None:
+    a, b = replicas
+    for n in range(20):
+        event = ev(f"k{n}", f"firing {n}", digest=f"d{n}")
+        stored = await asyncio.gather(a.put([event]), b.put([event]))
+        assert sorted(stored) == [[False], [True]], n
+
+
+async def test_an_ok_never_overtakes_its_firing_event_taken_by_another_replica(
+    replicas: list[PostgresOutbox],
+) -> None:
+    a, b = replicas
+    await a.put([ev("k", "firing")])
+    await b.put([ev("k", "ok", status="Ok")])
+    assert [c.body for c in await claim(b)] == ["firing"]  # the head, whichever replica stored it
+    assert await claim(a) == []  # leased by b: the Ok waits behind it, at every replica
+    assert await a.dead_letters(ALL) == []
+
+
+async def test_a_killed_replicas_lease_is_taken_over_after_it_expires(replicas: list[PostgresOutbox]) -> None:
+    a, b = replicas
+    clock = a._fixed_clock
+    assert isinstance(clock, FakeClock)
+    await a.put([ev("k", "firing"), ev("k", "ok", status="Ok")])
+    assert [c.body for c in await claim(a, lease=30)] == ["firing"]
+    # a dies without a word: b must not touch the key before the lease ends, then takes the same head.
+    clock.advance(29)
+    assert await claim(b) == []
+    clock.advance(2)
+    (taken,) = await claim(b)
+    assert taken.body == "firing"
+    await b.delivered(taken.id)
+    assert [c.body for c in await claim(b)] == ["ok"]
+
+
+async def test_the_rate_limit_is_shared_never_multiplied(replicas: list[PostgresOutbox]) -> None:
+    a, b = replicas
+    grants = await asyncio.gather(*(box.rate_limits.reserve(DEST, 4, 10, 1000) for box in (a, b, a, b)))
+    assert sum(grant.granted for grant in grants) == 10
+    refused = await b.rate_limits.reserve(DEST, 1, 10, 1000)
+    assert refused.granted == 0 and refused.next_free > refused.at
+    # Unused grants go back to everyone.
+    first = next(grant for grant in grants if grant.granted)
+    await a.rate_limits.release(DEST, first, first.granted)
+    assert (await b.rate_limits.reserve(DEST, 10, 10, 1000)).granted == first.granted
+
+
+async def test_a_429_pause_at_one_replica_holds_the_others(replicas: list[PostgresOutbox]) -> None:
+    a, b = replicas
+    clock = a._fixed_clock
+    assert isinstance(clock, FakeClock)
+    await a.rate_limits.pause(DEST, clock.now + 5)
+    held = await b.rate_limits.reserve(DEST, 3, 100, 1000)
+    assert (held.granted, held.next_free) == (0, clock.now + 5)
+    clock.advance(5)
+    assert (await b.rate_limits.reserve(DEST, 3, 100, 1000)).granted == 3
+
+
+async def test_a_commit_wakes_the_other_replicas(replicas: list[PostgresOutbox]) -> None:
+    a, b = replicas
+    woken = asyncio.Event()
+    b.subscribe(woken.set)
+    await a.put([ev("k", "new")])
+    await asyncio.wait_for(woken.wait(), 5)
+
+
+async def test_gauges_agree_on_every_replica(replicas: list[PostgresOutbox]) -> None:
+    a, b = replicas
+    await a.put([ev("k1", "one")])
+    await b.put([ev("k2", "two")])
+    (first,) = [c for c in await claim(a, limit=1)]
+    await a.dead(first.id, "InvalidParameter", "bad", "req-1")
+    assert await a.stats() == await b.stats()
+    assert (await b.stats()).pending == 1
+    assert [letter["body"] for letter in await b.dead_letters(ALL)] == [first.body]  # listed from any replica
+    assert await b.purge(ALL) == 1
+    assert await a.dead_letters(ALL) == []
+
+
+async def test_time_is_the_databases_whatever_the_process_clock_says(
+    database: postgres.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica whose clock runs an hour ahead still stores times on the database's clock."""
+    box = PostgresOutbox(database.dsn, max_pending=10)
+    real = backend_module.time.time
+    monkeypatch.setattr(backend_module.time, "time", lambda: real() + 3600)
+    await box.open()
+    try:
+        await box.put([ev("k", "skewed")])
+        ((created,),) = database.query("SELECT created_at FROM outbox_events")
+        assert abs(created - real()) < 5
+        (event,) = await claim(box)
+        assert abs(event.created_at - (real() + 3600)) < 5  # callers see their own clock
+    finally:
+        await box.close()
+
+
+def test_the_dsn_is_shown_without_password_or_query() -> None:
+    dsn = f"postgresql://bridge:{PASSWORD}@db.example:5433/bridge?sslmode=require&password={PASSWORD}"
+    assert display(dsn) == "postgresql://bridge@db.example:5433/bridge"
+    assert PASSWORD in secrets(dsn)
+
+
+def test_the_dsn_is_read_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "dsn"
+    path.write_text(f"  postgresql://u:{PASSWORD}@h/db\n")
+    assert read_dsn(StorageConfig(dsn_file=path)) == f"postgresql://u:{PASSWORD}@h/db"
+
+
+async def test_the_password_never_reaches_location_errors_or_logs(
+    database: postgres.Database, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend_module, "CONNECT_SECONDS", 0.3)
+    box = PostgresOutbox(with_password(database.dsn), max_pending=10)
+    assert PASSWORD not in box.location
+    await box.open()
+    await box.close()
+    parts = urlsplit(with_password(database.dsn))
+    unreachable = urlunsplit(parts._replace(netloc=f"postgres:{PASSWORD}@127.0.0.1:1"))
+    with pytest.raises(OpenRefused) as refused:
+        await PostgresOutbox(unreachable, max_pending=10).open()
+    assert PASSWORD not in str(refused.value) and "postgresql://postgres@127.0.0.1:1/" in str(refused.value)
+    assert refused.value.__cause__ is None and refused.value.__suppress_context__  # no chained traceback
+    # Should a driver ever log the DSN, the log filter scrubs it.
+    record = logging.LogRecord("asyncpg", logging.ERROR, __file__, 1, "connecting to %s", (unreachable,), None)
+    assert logs._redactor.filter(record) and PASSWORD not in record.getMessage()
