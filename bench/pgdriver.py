@@ -60,8 +60,12 @@ def psycopg_sql(sql: str) -> str:
 async def run_asyncpg(dsn: str, schema: str, events: int, concurrency: int) -> dict[str, float]:
     import asyncpg
 
-    pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency, server_settings={
-        "search_path": schema, "synchronous_commit": "on"})
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=concurrency,
+        max_size=concurrency,
+        server_settings={"search_path": schema, "synchronous_commit": "on"},
+    )
 
     async def cycle(n: int) -> None:
         async with pool.acquire() as conn:
@@ -82,7 +86,10 @@ async def run_psycopg(dsn: str, schema: str, events: int, concurrency: int) -> d
     from psycopg_pool import AsyncConnectionPool
 
     pool = AsyncConnectionPool(
-        dsn, min_size=concurrency, max_size=concurrency, open=False,
+        dsn,
+        min_size=concurrency,
+        max_size=concurrency,
+        open=False,
         kwargs={"options": f"-c search_path={schema} -c synchronous_commit=on", "autocommit": True},
     )
     await pool.open(wait=True)
@@ -148,8 +155,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, list[dict[str, float
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.pgdriver", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.pgdriver", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dsn", default=DEFAULT_DSN)
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)

@@ -1038,8 +1038,9 @@ async def test_a_retired_destinations_backlog_is_parked_without_waiting_for_idle
 
     # The count follows the commit (a shared database shows the row first): wait for both.
     await until(
-        lambda: h.sample("flashduty_bridge_dead_lettered_total", destination="retired", code="unknown_destination")
-        == 3,
+        lambda: (
+            h.sample("flashduty_bridge_dead_lettered_total", destination="retired", code="unknown_destination") == 3
+        ),
         "three dead letters counted",
     )
     assert [r["state"] for r in h.rows().values()] == ["dead"] * 3

@@ -90,7 +90,6 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-
 def replica_name() -> str:
     """Who holds a lease, for operators reading ``outbox_heads``: host (the pod's name) and pid."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -235,8 +234,9 @@ class PostgresOutbox:
             conn = await asyncpg.connect(self._dsn, timeout=CONNECT_SECONDS, command_timeout=COMMAND_TIMEOUT)
             await conn.add_listener(queries.CHANNEL, self._notified)
         except DATABASE_ERRORS as exc:
-            log.warning("outbox %s: cannot listen for other replicas' commits (%s); polling", self._location,
-                        describe(exc))
+            log.warning(
+                "outbox %s: cannot listen for other replicas' commits (%s); polling", self._location, describe(exc)
+            )
             return None
         return conn
 
@@ -274,9 +274,7 @@ class PostgresOutbox:
         self.health.failed(operation, reason)
         return OutboxUnavailable(f"outbox {operation} failed: {reason}")
 
-    async def _keyed(
-        self, operation: str, keys: Sequence[tuple[str, str]], work: Callable[[Conn], Awaitable[T]]
-    ) -> T:
+    async def _keyed(self, operation: str, keys: Sequence[tuple[str, str]], work: Callable[[Conn], Awaitable[T]]) -> T:
         """``work`` in one transaction holding the advisory locks of ``keys``."""
 
         async def transaction(conn: Conn) -> T:
@@ -314,9 +312,7 @@ class PostgresOutbox:
             raise OutboxFull(f"outbox holds {self.max_pending} pending events")
         return stored
 
-    async def _admit(
-        self, conn: Conn, requests: Sequence[Sequence[NewEvent]], now: float
-    ) -> policy.Admission:
+    async def _admit(self, conn: Conn, requests: Sequence[Sequence[NewEvent]], now: float) -> policy.Admission:
         return await queries.insert(
             conn,
             requests,
@@ -376,7 +372,12 @@ class PostgresOutbox:
         if self._fixed_clock is not None:
             return event
         return Claimed(
-            event.id, event.destination, event.alert_key, event.event_status, event.body, event.attempts,
+            event.id,
+            event.destination,
+            event.alert_key,
+            event.event_status,
+            event.body,
+            event.attempts,
             self._local(event.created_at),
         )
 
