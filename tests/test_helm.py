@@ -65,7 +65,6 @@ PATHS = {
     "data": "/var/lib/flashduty-bridge",
     "secrets": "/var/run/secrets/flashduty-bridge",
 }
-POSTGRESQL_BACKEND_MISSING = "PostgreSQL backend not merged yet"
 
 
 # -- rendering -------------------------------------------------------------------------
@@ -560,10 +559,11 @@ def test_rendered_config_passes_check_config_as_the_pod_sees_it(
     config, env = pod_view(rendered[case], tmp_path)
     done = check_config(config, env)
     output = done.stdout + done.stderr
-    if workload(rendered[case])["kind"] == "Deployment" and "unknown key 'storage.dsn_file'" in output:
-        pytest.skip(f"{POSTGRESQL_BACKEND_MISSING}: check-config does not know storage.dsn_file yet")
     assert done.returncode == 0, output
     assert ": OK (" in done.stdout
+    # The Deployment's pods run on the PostgreSQL outbox the Secret names, never on a local directory.
+    postgresql = workload(rendered[case])["kind"] == "Deployment"
+    assert ("outbox in postgresql://" in done.stdout) == postgresql, done.stdout
     assert "unset" not in output.lower(), "every ${VAR} of the config comes from the pod's env"
 
 
