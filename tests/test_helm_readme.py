@@ -1,6 +1,6 @@
 """The README's deploy and operate sections, run: every command and values file in them.
 
-The sections "Deploy on Kubernetes" (with "Several replicas") and "Operate" are read
+The sections "Deploy on Kubernetes" (with "Run several replicas") and "Operate" are read
 block by block, in order, as a reader would follow them, on a machine without a cluster:
 
 * YAML blocks are files (their first line names them: ``# values-teams.yaml``), used by
