@@ -37,7 +37,10 @@ INTAKE_COLUMNS = (
     "|queued at end|non-2xx/sock err|200 => stored"
 )
 HALF_COLUMNS = "target|alerts/req|target alerts/s|alerts/s|achieved|req/s|p50 ms|p99 ms|non-2xx/sock err|200 => stored"
-DELIVERY_COLUMNS = "target|events/s|CPU µs/event|RSS idle MiB|RSS backlog MiB|RSS after MiB|drained|fill s|drain s"
+DELIVERY_COLUMNS = (
+    "target|events/s|CPU µs/event|DB RT/event|intake alerts/s|CPU µs/alert in|DB RT/alert in"
+    "|RSS idle MiB|RSS backlog MiB|RSS after MiB|drained|fill s|drain s"
+)
 QUICK = {"rounds": 1, "seconds": 3, "events": 5_000, "drain_seconds": 30.0}
 
 
@@ -62,6 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="checkout whose bridge package the bridge process runs (first on its PYTHONPATH; the emulator and"
         " baseline always run from this repository); default: this repository. Give it more than once to"
         " compare checkouts in one invocation, interleaved",
+    )
+    parser.add_argument(
+        "--no-postgresql",
+        action="store_true",
+        help="skip the PostgreSQL delivery rows (they run when BRIDGE_TEST_POSTGRES_DSN, default"
+        " postgresql://postgres@127.0.0.1:5432/test, answers)",
     )
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     parser.add_argument("--workers", type=int, default=8, help="bridge delivery workers (default 8)")
@@ -152,6 +161,10 @@ def delivery_rows(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
             target,
             fmt(row["events_per_s"]),
             fmt(row["cpu_us_per_event"]),
+            fmt(row["round_trips_per_event"]),
+            fmt(row["intake_alerts_per_s"]),
+            fmt(row["cpu_us_per_alert_in"]),
+            fmt(row["round_trips_per_alert_in"]),
             fmt(row["rss_idle_mib"]),
             fmt(row["rss_backlog_mib"]),
             fmt(row["rss_after_mib"]),
@@ -246,6 +259,26 @@ def without_nan(data: Any) -> Any:
     return data
 
 
+def postgresql_answers() -> bool:
+    """Whether the PostgreSQL server of the tests answers (the PostgreSQL rows need it)."""
+    import asyncio
+
+    import asyncpg
+
+    from tests.support.postgres import server_dsn
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(server_dsn(), timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        log(f"no PostgreSQL server answers ({type(exc).__name__}): the PostgreSQL rows are left out")
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.only != "delivery" and shutil.which("wrk") is None:
@@ -267,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
             report["intake"] = {"summary": summary, "runs": runs}
             report["half_load"] = intake.half_load(work, sources, summary, args.seconds, args.connections)
         if args.only != "intake":
+            targets = delivery.targets(sources, postgresql=not args.no_postgresql and postgresql_answers())
             runs = delivery.run_rounds(
-                work, sources, args.rounds, args.events, args.workers, drain_seconds=args.drain_seconds
+                work, targets, args.rounds, args.events, args.workers, drain_seconds=args.drain_seconds
             )
             report["delivery"] = {"summary": delivery.summarize(runs), "runs": runs}
     report["minutes"] = (time.monotonic() - t0) / 60

@@ -6,6 +6,13 @@ while the emulator answers 503 (an outage), then ends the outage and measures th
 events/s delivered, bridge CPU µs per event (user + system time of the bridge process,
 from /proc), and the bridge's RSS idle, with the backlog, and after the drain.
 
+Targets: each bridge source on SQLite, and (with a PostgreSQL server, ``BRIDGE_TEST_POSTGRES_DSN``)
+the first one on a fresh schema with 1 and 2 replicas. With two, the backlog is posted to both
+at once and both drain it; CPU and RSS are the sum of the replicas. The fill is also an intake
+measurement (alerts/s answered 200 and committed, CPU µs per alert); for PostgreSQL, the bridge
+reaches the database through a counting proxy, which gives the round trips per alert in and
+per event out.
+
 Bounded: every webhook answers before the next is sent, and the drain is measured for at
 most ``drain_seconds`` s; a drain cut short is reported as such (delivered < backlog), with
 the rate over the window and the RSS at the cut.
@@ -18,13 +25,18 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from bench._proc import BridgeSource, cpu_seconds, log, metric, rss_mib, start_bridge, start_module
+from tests.support import postgres
 from tests.support.procs import Proc
+from tests.support.tcpproxy import TcpProxy
 
 KEY = "bench-key"
 BATCH = 500
@@ -55,11 +67,50 @@ def start_emulator(work: Path) -> tuple[Proc, str]:
     return start_module(work, f"emulator-{time.monotonic_ns()}", argv, "/-/healthy")
 
 
-def one_round(work: Path, source: BridgeSource, events: int, workers: int, drain_seconds: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Target:
+    """What one delivery round runs: a bridge source on a backend, with this many replicas."""
+
+    label: str
+    source: BridgeSource
+    backend: str = "sqlite"  # or "postgresql"
+    replicas: int = 1
+
+
+def targets(sources: list[BridgeSource], postgresql: bool) -> list[Target]:
+    """SQLite for every source; with a PostgreSQL server, the first source on it with 1 and 2 replicas."""
+    found = [Target(source.label, source) for source in sources]
+    if postgresql:
+        found += [Target(f"postgresql x{n}", sources[0], "postgresql", n) for n in (1, 2)]
+    return found
+
+
+def one_round(work: Path, target: Target, events: int, workers: int, drain_seconds: float) -> dict[str, Any]:
+    if target.backend == "sqlite":
+        storage = {"path": str(work / f"outbox-{time.monotonic_ns()}")}
+        return _round(work, target, storage, None, events, workers, drain_seconds)
+    with postgres.sync_database() as database:
+        dsn = urlsplit(database.dsn)
+        # Through a counting proxy: database round trips per event, seen from outside the bridge.
+        with TcpProxy(dsn.hostname or "127.0.0.1", dsn.port or 5432) as proxy:
+            netloc = f"{dsn.username or 'postgres'}@127.0.0.1:{proxy.port}"
+            storage = {"dsn": urlunsplit(dsn._replace(netloc=netloc))}
+            return _round(work, target, storage, proxy, events, workers, drain_seconds)
+
+
+def _round(
+    work: Path,
+    target: Target,
+    storage: dict[str, Any],
+    proxy: TcpProxy | None,
+    events: int,
+    workers: int,
+    drain_seconds: float,
+) -> dict[str, Any]:
     emulator, emulator_url = start_emulator(work)
-    name = f"delivery-{source.label.replace(':', '-')}-{time.monotonic_ns()}"
+    name = f"delivery-{target.label.replace(':', '-').replace(' ', '-')}-{time.monotonic_ns()}"
     config = {
-        "storage": {"path": str(work / f"outbox-{name}"), "max_pending": events * 2},
+        "storage": {**storage, "max_pending": events * 2},
         "flashduty": {
             "url": f"{emulator_url}/event/push/alert/standard",
             "integration_key": KEY,
@@ -73,33 +124,56 @@ def one_round(work: Path, source: BridgeSource, events: int, workers: int, drain
         },
         "log_level": "warning",
     }
+    bridges: list[tuple[Proc, str]] = []
     try:
-        bridge, bridge_url = start_bridge(work, name, config, source)
+        for n in range(target.replicas):
+            bridges.append(start_bridge(work, f"{name}-{n}", config, target.source))
     except BaseException:
+        for proc, _ in bridges:
+            proc.stop()
         emulator.stop()
         raise
+    urls = [url for _, url in bridges]
+    pids = [proc.pid for proc, _ in bridges]
     try:
         time.sleep(0.3)
-        result: dict[str, Any] = {"target": source.label, "backlog": events, "rss_idle_mib": rss_mib(bridge.pid)}
+        result: dict[str, Any] = {
+            "target": target.label,
+            "backlog": events,
+            "rss_idle_mib": sum(rss_mib(pid) for pid in pids),
+        }
         outage = {"outage": {"seconds": 3600, "answer": {"status": 503, "code": "InternalError"}}}
         httpx.put(f"{emulator_url}/-/faults", json=outage).raise_for_status()
         t0 = time.monotonic()
-        refused = 0
-        with httpx.Client(timeout=120) as client:
-            for start in range(0, events, BATCH):
-                count = min(BATCH, events - start)
-                if client.post(f"{bridge_url}/alertmanager", json=webhook(start, count)).status_code // 100 != 2:
-                    refused += count
+        trips0 = proxy.round_trips if proxy else 0
+        cpu_in0 = sum(cpu_seconds(pid) for pid in pids)
+
+        def fill(index: int) -> int:
+            refused = 0
+            with httpx.Client(timeout=120) as client:
+                for start in range(index * BATCH, events, BATCH * len(urls)):
+                    count = min(BATCH, events - start)
+                    if client.post(f"{urls[index]}/alertmanager", json=webhook(start, count)).status_code // 100 != 2:
+                        refused += count
+            return refused
+
+        with ThreadPoolExecutor(max_workers=len(urls)) as senders:
+            refused = sum(senders.map(fill, range(len(urls))))
+        posted = time.monotonic() - t0
+        result["intake_alerts_per_s"] = (events - refused) / posted
+        result["cpu_us_per_alert_in"] = (sum(cpu_seconds(pid) for pid in pids) - cpu_in0) / max(1, events) * 1e6
+        result["round_trips_per_alert_in"] = (proxy.round_trips - trips0) / max(1, events) if proxy else float("nan")
         # 200 means committed, so the backlog is complete now; the gauge may lag by its refresh period.
         deadline = time.monotonic() + GAUGE_WAIT
-        while metric(bridge_url, PENDING) < events - refused and time.monotonic() < deadline:
+        while metric(urls[0], PENDING) < events - refused and time.monotonic() < deadline:
             time.sleep(0.2)
         result["fill_s"] = time.monotonic() - t0
         result["refused_alerts"] = refused
-        result["pending_before_drain"] = metric(bridge_url, PENDING)
-        result["rss_backlog_mib"] = rss_mib(bridge.pid)
+        result["pending_before_drain"] = metric(urls[0], PENDING)
+        result["rss_backlog_mib"] = sum(rss_mib(pid) for pid in pids)
         httpx.delete(f"{emulator_url}/-/faults").raise_for_status()
-        cpu0, t0 = cpu_seconds(bridge.pid), time.monotonic()
+        cpu0, t0 = sum(cpu_seconds(pid) for pid in pids), time.monotonic()
+        trips0 = proxy.round_trips if proxy else 0
         deadline = t0 + drain_seconds
         delivered = 0.0
         with httpx.Client(timeout=10) as client:
@@ -110,31 +184,34 @@ def one_round(work: Path, source: BridgeSource, events: int, workers: int, drain
                 if delivered >= events - refused:
                     break
                 time.sleep(0.1)
-        elapsed, cpu = time.monotonic() - t0, cpu_seconds(bridge.pid) - cpu0
-        result["delivered_per_bridge_metrics"] = metric(bridge_url, DELIVERED, outcome="ok")
+        elapsed, cpu = time.monotonic() - t0, sum(cpu_seconds(pid) for pid in pids) - cpu0
+        trips = (proxy.round_trips - trips0) if proxy else 0
+        result["delivered_per_bridge_metrics"] = sum(metric(url, DELIVERED, outcome="ok") for url in urls)
         result |= {
             "delivered": delivered,
             "drained": delivered >= events - refused,
             "drain_s": elapsed,
             "events_per_s": delivered / elapsed,
             "cpu_us_per_event": cpu / delivered * 1e6 if delivered else float("nan"),
-            "rss_after_mib": rss_mib(bridge.pid),
+            "round_trips_per_event": trips / delivered if proxy and delivered else float("nan"),
+            "rss_after_mib": sum(rss_mib(pid) for pid in pids),
         }
         return result
     finally:
-        bridge.stop()
+        for proc, _ in bridges:
+            proc.stop()
         emulator.stop()
 
 
 def run_rounds(
     work: Path,
-    sources: list[BridgeSource],
+    sources: list[Target],
     rounds: int,
     events: int,
     workers: int = 8,
     drain_seconds: float = 60,
 ) -> list[dict[str, Any]]:
-    """``rounds`` rounds per bridge source, sources interleaved (order flipped each round)."""
+    """``rounds`` rounds per target, targets interleaved (order flipped each round)."""
     runs = []
     for round_ in range(rounds):
         for source in sources if round_ % 2 == 0 else sources[::-1]:
@@ -152,7 +229,19 @@ def run_rounds(
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    keys = ("events_per_s", "cpu_us_per_event", "rss_idle_mib", "rss_backlog_mib", "rss_after_mib", "fill_s", "drain_s")
+    keys = (
+        "events_per_s",
+        "cpu_us_per_event",
+        "rss_idle_mib",
+        "rss_backlog_mib",
+        "rss_after_mib",
+        "fill_s",
+        "drain_s",
+        "intake_alerts_per_s",
+        "cpu_us_per_alert_in",
+        "round_trips_per_alert_in",
+        "round_trips_per_event",
+    )
     groups: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault(run["target"], []).append(run)

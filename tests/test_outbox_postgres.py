@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -20,7 +21,7 @@ import pytest
 from bridge import logs
 from bridge.config import StorageConfig
 from bridge.outbox import DeadLetterFilter, OpenRefused, OutboxUnusable
-from bridge.outbox.postgres import PostgresOutbox
+from bridge.outbox.postgres import PostgresOutbox, queries
 from bridge.outbox.postgres import backend as backend_module
 from bridge.outbox.postgres.dsn import display, read_dsn, secrets
 from bridge.outbox.postgres.schema import SCHEMA_VERSION
@@ -202,3 +203,30 @@ async def test_the_password_never_reaches_location_errors_or_logs(
     # Should a driver ever log the DSN, the log filter scrubs it.
     record = logging.LogRecord("asyncpg", logging.ERROR, __file__, 1, "connecting to %s", (unreachable,), None)
     assert logs._redactor.filter(record) and PASSWORD not in record.getMessage()
+
+
+async def test_puts_commit_synchronously_and_bookkeeping_does_not_wait_for_the_flush(
+    database: postgres.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 200 waits for the WAL flush (synchronous_commit on in the put's transaction); claims and acks do not."""
+    seen: dict[str, str] = {}
+    insert, claim_rows = queries.insert, queries.claim
+
+    async def spying_insert(conn: queries.Conn, *args: Any, **kwargs: Any) -> Any:
+        seen["put"] = await conn.fetchval("SHOW synchronous_commit")
+        return await insert(conn, *args, **kwargs)
+
+    async def spying_claim(conn: queries.Conn, *args: Any) -> Any:
+        seen["claim"] = await conn.fetchval("SHOW synchronous_commit")
+        return await claim_rows(conn, *args)
+
+    monkeypatch.setattr(queries, "insert", spying_insert)
+    monkeypatch.setattr(queries, "claim", spying_claim)
+    box = PostgresOutbox(database.dsn, max_pending=10)
+    await box.open()
+    try:
+        await box.put([ev("k", "durable")])
+        await claim(box)
+    finally:
+        await box.close()
+    assert seen == {"put": "on", "claim": "off"}

@@ -2,7 +2,9 @@
 
 It runs its own event loop in a thread, so synchronous process tests and async tests can both
 use it. ``cut()`` closes every proxied connection and refuses new ones (the server is gone, as
-in a failover or a network partition); ``restore()`` accepts again.
+in a failover or a network partition); ``restore()`` accepts again. ``round_trips`` counts the
+exchanges it carried: a client send after the server last spoke (or first) on a connection is
+one more round trip (``bench/`` reads it: database round trips per event).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self.round_trips = 0
 
     def __enter__(self) -> TcpProxy:
         self._thread.start()
@@ -64,13 +67,17 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._writers |= {writer, up_writer}
+        last = ["server"]  # who spoke last on this connection
 
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, side: str) -> None:
             with contextlib.suppress(OSError, asyncio.IncompleteReadError):
                 while data := await source.read(65536):
+                    if side == "client" and last[0] == "server":
+                        self.round_trips += 1
+                    last[0] = side
                     sink.write(data)
                     await sink.drain()
             sink.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, "client"), pipe(up_reader, writer, "server"))
         self._writers -= {writer, up_writer}

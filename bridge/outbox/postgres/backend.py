@@ -3,8 +3,14 @@
 Selected by ``storage.dsn`` or ``storage.dsn_file``. Every replica keeps the guarantees of a
 single bridge, across all of them:
 
-* **200 after COMMIT.** Every connection runs with ``synchronous_commit = on`` (set by the
-  bridge whatever the server's default): ``put`` returns once the commit is durable.
+* **200 after COMMIT.** A transaction that accepts events (a put) runs with ``synchronous_commit
+  = on`` (set by the bridge whatever the server's default): ``put`` returns once the commit is
+  flushed (and on a synchronous standby, where one is configured). So do probes, replays and
+  purges. Bookkeeping (claims, acks, retries, dead letters, rate-limit reservations) commits
+  with ``synchronous_commit = off``, the connections' default: it does not wait for the WAL
+  flush, since a database crash can only lose an ack or a lease of its last fraction of a
+  second, which means one more delivery, never a lost or reordered event (SQLite's outbox makes
+  the same trade with ``synchronous=NORMAL``). A later durable commit flushes them all.
 * **Per-key FIFO.** Ids follow commit order within a key (its advisory lock is held from before
   the insert until the commit); only a key's head can be claimed; claims are leases taken with
   ``FOR UPDATE SKIP LOCKED`` and ``leased_until``, so a killed replica's keys go to the others
@@ -178,7 +184,8 @@ class PostgresOutbox:
                     command_timeout=COMMAND_TIMEOUT,
                     timeout=CONNECT_SECONDS,
                     reset=_reset,
-                    server_settings={"synchronous_commit": "on", "application_name": "flashduty-bridge"},
+                    # Bookkeeping does not wait for the WAL flush; puts turn it on (queries.lock_statement).
+                    server_settings={"synchronous_commit": "off", "application_name": "flashduty-bridge"},
                 )
                 break
             except DATABASE_ERRORS as exc:
@@ -274,11 +281,18 @@ class PostgresOutbox:
         self.health.failed(operation, reason)
         return OutboxUnavailable(f"outbox {operation} failed: {reason}")
 
-    async def _keyed(self, operation: str, keys: Sequence[tuple[str, str]], work: Callable[[Conn], Awaitable[T]]) -> T:
-        """``work`` in one transaction holding the advisory locks of ``keys``."""
+    async def _keyed(
+        self,
+        operation: str,
+        keys: Sequence[tuple[str, str]],
+        work: Callable[[Conn], Awaitable[T]],
+        *,
+        durable: bool = False,
+    ) -> T:
+        """``work`` in one transaction holding the advisory locks of ``keys`` (``durable``: a synchronous commit)."""
 
         async def transaction(conn: Conn) -> T:
-            await conn.execute(queries.lock_statement(keys))
+            await conn.execute(queries.lock_statement(keys, durable=durable))
             try:
                 result = await work(conn)
                 await conn.execute("COMMIT")
@@ -292,8 +306,9 @@ class PostgresOutbox:
         return await self._run(operation, transaction)
 
     async def probe(self) -> None:
+        """A durable write, as a put makes: the database takes synchronous commits again."""
         now = self._now()
-        await self._run("probe", lambda conn: queries.heartbeat(conn, now))
+        await self._keyed("probe", [], lambda conn: queries.heartbeat(conn, now), durable=True)
 
     # -- intake --------------------------------------------------------------------------
 
@@ -467,7 +482,7 @@ class PostgresOutbox:
         keys = await self._run("admin", lambda conn: queries.dead_keys(conn, where, now))
         if not keys:
             return ReplayResult([], [], [])
-        result = await self._keyed("admin", keys, lambda conn: queries.replay(conn, now, where, force))
+        result = await self._keyed("admin", keys, lambda conn: queries.replay(conn, now, where, force), durable=True)
         self._pending += len(result.replayed)
         if result.replayed:
             self._notified()
@@ -475,7 +490,7 @@ class PostgresOutbox:
 
     async def purge(self, where: DeadLetterFilter) -> int:
         now = self._now()
-        return await self._run("admin", lambda conn: queries.purge(conn, where, now))
+        return await self._keyed("admin", [], lambda conn: queries.purge(conn, where, now), durable=True)
 
 
 class PostgresRateLimits:

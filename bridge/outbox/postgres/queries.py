@@ -40,15 +40,20 @@ def key_lock(destination: str, alert_key: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def lock_statement(keys: Iterable[tuple[str, str]]) -> str:
+def lock_statement(keys: Iterable[tuple[str, str]], *, durable: bool = False) -> str:
     """``BEGIN`` and the advisory locks of ``keys``, ascending (no deadlock between two such transactions).
 
+    ``durable``: this transaction accepts events from senders, so its COMMIT waits for the WAL flush
+    (``synchronous_commit = on``); the connections' default is ``off``, for bookkeeping (see the backend).
     One round trip: the lock keys are integers computed here, so they are literals, safely.
     """
+    statements = ["BEGIN"]
+    if durable:
+        statements.append("SET LOCAL synchronous_commit = on")
     locks = sorted({key_lock(*key) for key in keys})
-    if not locks:
-        return "BEGIN"
-    return "BEGIN; SELECT " + ", ".join(f"pg_advisory_xact_lock({lock})" for lock in locks)
+    if locks:
+        statements.append("SELECT " + ", ".join(f"pg_advisory_xact_lock({lock})" for lock in locks))
+    return "; ".join(statements)
 
 
 # -- intake ------------------------------------------------------------------------------
@@ -217,26 +222,46 @@ async def advance(conn: Conn, keys: Sequence[tuple[str, str]], now: float) -> No
         await conn.execute(_ADVANCE, [k[0] for k in keys], [k[1] for k in keys], now)
 
 
-_DELIVERED = """
+#: Delete delivered events $1 (at most one per key: only heads are leased), record them as the keys' last
+#: delivered, and advance each key to its oldest other pending event, or drop its head: one statement, so
+#: the statement's snapshot still shows the deleted rows and they are excluded by id.
+_DELIVERED = f"""
 WITH gone AS (
     DELETE FROM outbox_events e USING unnest($1::bigint[]) AS d(id)
     WHERE e.id = d.id AND e.state = 'pending'
     RETURNING e.id, e.destination, e.alert_key
+), keys AS (
+    SELECT destination, alert_key, max(id) AS id, count(*) AS n FROM gone GROUP BY destination, alert_key
 ), state AS (
     INSERT INTO outbox_key_state AS s (destination, alert_key, delivered_id, delivered_at)
-    SELECT destination, alert_key, max(id), $2 FROM gone GROUP BY destination, alert_key
+    SELECT destination, alert_key, id, $2 FROM keys
     ON CONFLICT (destination, alert_key)
     DO UPDATE SET delivered_id = greatest(s.delivered_id, excluded.delivered_id), delivered_at = excluded.delivered_at
+), next AS (
+    SELECT k.destination, k.alert_key, n.id, n.event_status
+    FROM keys k
+    LEFT JOIN LATERAL (
+        SELECT e.id, e.event_status FROM outbox_events e
+        WHERE e.destination = k.destination AND e.alert_key = k.alert_key AND e.state = 'pending'
+          AND e.id <> ALL($1::bigint[])
+        ORDER BY e.id LIMIT 1
+    ) n ON true
+), dropped AS (
+    DELETE FROM outbox_heads h USING next
+    WHERE next.id IS NULL AND h.destination = next.destination AND h.alert_key = next.alert_key
+), moved AS (
+    UPDATE outbox_heads h
+    SET event_id = next.id, priority = {PRIORITY_SQL.replace("event_status", "next.event_status")},
+        next_attempt_at = $2, leased_until = 0, leased_by = NULL
+    FROM next WHERE next.id IS NOT NULL AND h.destination = next.destination AND h.alert_key = next.alert_key
 )
-SELECT destination, alert_key, count(*) FROM gone GROUP BY destination, alert_key
+SELECT coalesce(sum(n), 0) FROM keys
 """
 
 
 async def delivered(conn: Conn, event_ids: Sequence[int], now: float) -> int:
     """Forget delivered events and let their keys' next events go; returns how many were pending."""
-    rows = await conn.fetch(_DELIVERED, list(event_ids), now)
-    await advance(conn, [(r[0], r[1]) for r in rows], now)
-    return sum(int(r[2]) for r in rows)
+    return int(await conn.fetchval(_DELIVERED, list(event_ids), now))
 
 
 async def retry_later(conn: Conn, event_id: int, at: float, code: str, error: str) -> None:

@@ -8,9 +8,10 @@ the round trips per event fall as the load rises. A transaction:
 1. ``BEGIN`` and the advisory locks of every key in the batch, ascending (one round trip);
 2. for the puts: the keys' accepted states, then one statement inserting what
    :func:`bridge.outbox.policy.admit` decided (events, key states, new heads);
-3. for the acks: one statement deleting the events, one advancing their heads;
-4. ``NOTIFY`` (when events were added, so idle replicas wake) and ``COMMIT``, with
-   ``synchronous_commit = on``: when ``put`` returns, the events are durable.
+3. for the acks: one statement deleting the events and advancing their heads;
+4. ``NOTIFY`` (when events were added, so idle replicas wake) and ``COMMIT``; a batch with
+   puts commits with ``synchronous_commit = on``: when ``put`` returns, the events are durable.
+   A batch of acks alone does not wait for the WAL flush (see the backend).
 
 A deadlock cannot happen between two of these (locks are taken at once, in order); a
 serialisation failure or deadlock reported anyway is retried once. Any other failure rolls
@@ -134,9 +135,10 @@ class GroupWriter:
 
     async def _transaction(self, conn: Conn, batch: list[_Write]) -> Outcome:
         now = self._now()
-        await conn.execute(queries.lock_statement(key for write in batch for key in write.keys))
-        outcome = Outcome()
         puts = [write.events for write in batch if write.ack is None]
+        # Only a batch that accepts events from senders waits for the WAL flush at COMMIT.
+        await conn.execute(queries.lock_statement((key for write in batch for key in write.keys), durable=bool(puts)))
+        outcome = Outcome()
         if puts:
             outcome.admission = await self._admit(conn, puts, now)
         acks = [write.ack[0] for write in batch if write.ack is not None]
