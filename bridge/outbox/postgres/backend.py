@@ -357,15 +357,16 @@ class PostgresOutbox:
         events: list[Claimed] = []
         expired: list[Claimed] = []
         coalesced = 0
+        next_due: float | None = None
         while len(events) < limit:
             now, want = self._now(), limit - len(events)
 
-            def lease(conn: Conn, now: float = now, want: int = want) -> Awaitable[list[tuple[Claimed, str | None]]]:
+            def lease(
+                conn: Conn, now: float = now, want: int = want
+            ) -> Awaitable[tuple[list[tuple[Claimed, str | None]], float | None]]:
                 return queries.claim(conn, destination, now, want, lease_seconds, self.replica, coalesce)
 
-            rows = await self._run("claim", lease)
-            if not rows:
-                break
+            rows, next_due = await self._run("claim", lease)
             cleanup: list[tuple[Claimed, bool]] = []  # (head, expired: else superseded)
             for event, next_status in rows:
                 if policy.is_expired(event.created_at, now, self.max_age):
@@ -375,13 +376,13 @@ class PostgresOutbox:
                 else:
                     self._claimed[event.id] = (event.destination, event.alert_key)
                     events.append(event)
-            if cleanup:
-                done = await self._clean_up(cleanup, now)
-                expired += [event for event, was_expired in done if was_expired]
-                coalesced += sum(1 for _, was_expired in done if not was_expired)
-        next_due = await self.next_due(destination) if len(events) < limit else None
-        local = [self._to_local(event) for event in events]
-        return ClaimResult(local, coalesced, [self._to_local(e) for e in expired], next_due)
+            if not cleanup:
+                break  # fewer due than asked (or all taken): the next due time came with this claim
+            done = await self._clean_up(cleanup, now)
+            expired += [event for event, was_expired in done if was_expired]
+            coalesced += sum(1 for _, was_expired in done if not was_expired)
+        due = None if len(events) >= limit or next_due is None else self._local(next_due)
+        return ClaimResult([self._to_local(e) for e in events], coalesced, [self._to_local(e) for e in expired], due)
 
     def _to_local(self, event: Claimed) -> Claimed:
         if self._fixed_clock is not None:

@@ -157,8 +157,10 @@ async def destinations(conn: Conn) -> list[str]:
     return [r[0] for r in await conn.fetch(_DESTINATIONS)]
 
 
-#: Lease up to $3 due heads of destination $1 at time $2 for $4 seconds, to replica $5; with each
-#: event, the status of the next pending event of its key (for coalescing; not needed after an Ok).
+#: Lease up to $3 due heads of destination $1 at time $2 for $4 seconds, to replica $5; with each event, the
+#: status of the next pending event of its key (for coalescing, if $6; not needed after an Ok). A last row
+#: (part 1) carries when the destination's next head is due: the soonest of the heads not leased here
+#: (read through the heads_due index, at most $3 + 1 of them) and of the leases taken here.
 _CLAIM = """
 WITH due AS (
     SELECT destination, alert_key FROM outbox_heads
@@ -169,15 +171,27 @@ WITH due AS (
     UPDATE outbox_heads h SET leased_until = $2 + $4, leased_by = $5
     FROM due WHERE h.destination = due.destination AND h.alert_key = due.alert_key
     RETURNING h.event_id, h.priority
+), soonest AS (
+    SELECT h.destination, h.alert_key, greatest(h.next_attempt_at, h.leased_until) AS at FROM outbox_heads h
+    WHERE h.destination = $1 ORDER BY greatest(h.next_attempt_at, h.leased_until) LIMIT $3 + 1
 )
-SELECT e.id, e.destination, e.alert_key, e.event_status, e.body, e.attempts, e.created_at,
+SELECT 0 AS part, leased.priority, leased.event_id,
+       e.id, e.destination, e.alert_key, e.event_status, e.body, e.attempts, e.created_at,
        CASE WHEN $6 AND e.event_status <> 'Ok' THEN (
            SELECT n.event_status FROM outbox_events n
            WHERE n.destination = e.destination AND n.alert_key = e.alert_key AND n.state = 'pending' AND n.id > e.id
            ORDER BY n.id LIMIT 1
-       ) END
+       ) END AS next_status,
+       NULL::double precision AS next_due
 FROM leased JOIN outbox_events e ON e.id = leased.event_id
-ORDER BY leased.priority, leased.event_id
+UNION ALL
+SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       least(
+           (SELECT min(s.at) FROM soonest s WHERE NOT EXISTS (
+               SELECT 1 FROM due WHERE due.destination = s.destination AND due.alert_key = s.alert_key)),
+           (SELECT $2 + $4 FROM leased LIMIT 1)
+       )
+ORDER BY part, priority, event_id
 """
 
 
@@ -189,10 +203,12 @@ async def claim(
     lease_seconds: float,
     replica: str,
     coalesce: bool,
-) -> list[tuple[Claimed, str | None]]:
-    """Lease due heads (one statement, committed on its own); each with the status of the event behind it."""
+) -> tuple[list[tuple[Claimed, str | None]], float | None]:
+    """Lease due heads (one statement, committed on its own): each with the status of the event behind it,
+    and when the destination's next head is due after this claim (None: no head left)."""
     rows = await conn.fetch(_CLAIM, destination, now, limit, lease_seconds, replica, coalesce)
-    return [(Claimed(*row[:7]), row[7]) for row in rows]
+    *events, last = rows
+    return [(Claimed(*row[3:10]), row[10]) for row in events], last[11]
 
 
 #: Per key of $1/$2: its oldest pending event becomes its head (due at $3, not leased), or the head goes.
