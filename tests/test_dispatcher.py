@@ -26,6 +26,7 @@ from bridge.destinations import INVALID_INTEGRATION_KEY, Outcome, Reason, Verdic
 from bridge.metrics import Metrics
 from bridge.outbox import ClaimResult, DeadLetterFilter, NewEvent, Outbox, OutboxStats, OutboxUnavailable
 from bridge.outbox.dispatcher import IDLE_POLL_SECONDS, LEASE_SECONDS, Dispatcher, backoff_delay
+from bridge.outbox.pacing import Reservation, SharedRateLimits
 from tests.support.clock import FakeClock
 from tests.support.outboxes import BACKENDS, OutboxBackend, backend_under_test
 
@@ -139,13 +140,26 @@ class CountingOutbox:
         return result
 
     async def claim(self, destination: str, limit: int, lease_seconds: float, *, coalesce: bool = True) -> ClaimResult:
-        self._storage("claim")
-        if self.during_claim is not None:
-            hook, self.during_claim = self.during_claim, None
-            hook()
-        result = await self.inner.claim(destination, limit, lease_seconds, coalesce=coalesce)
+        return await self._claimed(self.inner.claim(destination, limit, lease_seconds, coalesce=coalesce))
+
+    async def _claimed(self, claiming: Awaitable[ClaimResult]) -> ClaimResult:
+        try:
+            self._storage("claim")
+            if self.during_claim is not None:
+                hook, self.during_claim = self.during_claim, None
+                hook()
+        except BaseException:
+            claiming.close()  # type: ignore[attr-defined]  # a coroutine never awaited
+            raise
+        result = await claiming
         self.claimed += len(result.events)
         return result
+
+    @property
+    def rate_limits(self) -> CountingRateLimits | None:
+        """A shared rate limit claims too (PostgreSQL): counted and failing like ``claim``."""
+        shared = self.inner.rate_limits
+        return None if shared is None else CountingRateLimits(self, shared)
 
     async def probe(self) -> None:
         self._storage("probe")
@@ -154,6 +168,31 @@ class CountingOutbox:
     async def delivered(self, event_id: int) -> None:
         self._storage("record")
         await self.inner.delivered(event_id)
+
+
+class CountingRateLimits:
+    """The shared rate limit of a CountingOutbox's outbox, its claims counted by the CountingOutbox."""
+
+    def __init__(self, outer: CountingOutbox, shared: SharedRateLimits) -> None:
+        self.outer = outer
+        self.shared = shared
+        self.windows = getattr(shared, "windows", None)
+
+    async def claim(
+        self, destination: str, limit: int, lease_seconds: float, per_second: int, per_minute: int
+    ) -> tuple[ClaimResult, Reservation]:
+        granted: list[Reservation] = []
+
+        async def claiming() -> ClaimResult:
+            result, reservation = await self.shared.claim(destination, limit, lease_seconds, per_second, per_minute)
+            granted.append(reservation)
+            return result
+
+        result = await self.outer._claimed(claiming())
+        return result, granted[0]
+
+    async def pause(self, destination: str, until: float) -> None:
+        await self.shared.pause(destination, until)
 
 
 @dataclass

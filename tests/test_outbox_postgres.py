@@ -113,26 +113,41 @@ async def test_a_killed_replicas_lease_is_taken_over_after_it_expires(replicas: 
 
 
 async def test_the_rate_limit_is_shared_never_multiplied(replicas: list[PostgresOutbox]) -> None:
+    """Two replicas claiming at once get 5 sends per second between them, not 5 each; the rest waits."""
     a, b = replicas
-    grants = await asyncio.gather(*(box.rate_limits.reserve(DEST, 4, 10, 1000) for box in (a, b, a, b)))
-    assert sum(grant.granted for grant in grants) == 10
-    refused = await b.rate_limits.reserve(DEST, 1, 10, 1000)
-    assert refused.granted == 0 and refused.next_free > refused.at
-    # Unused grants go back to everyone.
-    first = next(grant for grant in grants if grant.granted)
-    await a.rate_limits.release(DEST, first, first.granted)
-    assert (await b.rate_limits.reserve(DEST, 10, 10, 1000)).granted == first.granted
+    await a.put([ev(f"k{n}", f"e{n}") for n in range(12)])
+    claims = await asyncio.gather(*(box.rate_limits.claim(DEST, 4, 30, 5, 1000) for box in (a, b, a, b)))
+    assert sum(len(result.events) for result, _ in claims) == 5
+    assert sum(grant.granted for _, grant in claims) == 5
+    result, grant = await b.rate_limits.claim(DEST, 4, 30, 5, 1000)
+    assert (result.events, grant.granted, grant.headroom["second"]) == ([], 0, 0)
+    # The waiting heads are due when the window has room again, not now.
+    window = b.rate_limits.windows[0]
+    assert result.next_due == grant.next_free and grant.next_free > 1000.0 + window - 0.01
+
+
+async def test_events_a_claim_drops_give_their_sends_back(
+    database: postgres.Database, replicas: list[PostgresOutbox]
+) -> None:
+    """A superseded firing state is not sent, so it does not use up the shared limit."""
+    a, _ = replicas
+    await a.put([ev("k", "firing 1"), ev("k", "firing 2")])
+    result, grant = await a.rate_limits.claim(DEST, 2, 30, 5, 1000)
+    assert ([c.body for c in result.events], result.coalesced, grant.granted) == (["firing 2"], 1, 1)
+    assert database.query("SELECT count(*) FROM outbox_rate_sends") == [(1,)]
 
 
 async def test_a_429_pause_at_one_replica_holds_the_others(replicas: list[PostgresOutbox]) -> None:
     a, b = replicas
     clock = a._fixed_clock
     assert isinstance(clock, FakeClock)
+    await a.put([ev("k", "held")])
     await a.rate_limits.pause(DEST, clock.now + 5)
-    held = await b.rate_limits.reserve(DEST, 3, 100, 1000)
-    assert (held.granted, held.next_free) == (0, clock.now + 5)
+    result, held = await b.rate_limits.claim(DEST, 3, 30, 100, 1000)
+    assert (result.events, held.granted, held.next_free, result.next_due) == ([], 0, clock.now + 5, clock.now + 5)
     clock.advance(5)
-    assert (await b.rate_limits.reserve(DEST, 3, 100, 1000)).granted == 3
+    result, _ = await b.rate_limits.claim(DEST, 3, 30, 100, 1000)
+    assert [c.body for c in result.events] == ["held"]
 
 
 async def test_a_commit_wakes_the_other_replicas(replicas: list[PostgresOutbox]) -> None:

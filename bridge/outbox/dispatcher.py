@@ -19,9 +19,9 @@ attempt's :class:`Outcome` decides:
 ``attempts`` counts every attempt an event ever had, across replays, so "attempt 3" in
 the log is the third request Flashduty saw for that event.
 
-When the outbox is shared by several processes (PostgreSQL), so is pacing: the outbox's
-``rate_limits`` grants each pass a small batch of sends from the one rate limit of the
-destination (unused ones are given back), and a 429's pause is recorded there for every
+When the outbox is shared by several processes (PostgreSQL), so is pacing: claims go through
+the outbox's ``rate_limits``, which leases only as many events as the destination's one rate
+limit grants (every replica draws on it), and a 429's pause is recorded there for every
 replica. The lane's own limiter still runs: it never admits more than the shared one. The
 outbox calls ``wake`` when another replica commits events (``subscribe``).
 
@@ -258,20 +258,15 @@ class Dispatcher:
                 wake_at = min(wake_at, max(later, now + 0.001))
                 continue
             shared = self.outbox.rate_limits
-            reservation = None
-            if shared is not None:
+            if shared is None:
+                claim = await self.outbox.claim(name, budget, self.lease_seconds)
+            else:
+                # Every replica draws on the same limit: the claim leases only what it grants.
                 limits = lane.limits
-                reservation = await shared.reserve(name, budget, limits.per_second, limits.per_minute)
+                claim, reservation = await shared.claim(
+                    name, budget, self.lease_seconds, limits.per_second, limits.per_minute
+                )
                 lane.shared_headroom = reservation.headroom
-                if reservation.granted <= 0:
-                    wake_at = min(wake_at, max(reservation.next_free, now + 0.001))
-                    continue
-                budget = reservation.granted
-            claim = await self.outbox.claim(name, budget, self.lease_seconds)
-            if shared is not None and reservation is not None and len(claim.events) < budget:
-                unused = budget - len(claim.events)
-                await shared.release(name, reservation, unused)
-                lane.shared_headroom = {window: left + unused for window, left in reservation.headroom.items()}
             if claim.next_due is not None:
                 # Nothing more is due for this lane now: wake when its next event is.
                 wake_at = min(wake_at, claim.next_due)

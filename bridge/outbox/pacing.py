@@ -16,11 +16,11 @@ to a cap), then lets one probe through (half-open); a success closes it.
 Both take the time as an argument, so tests drive them with a fake clock.
 
 :class:`SharedRateLimits` is the same limit kept in storage that several bridge processes
-share (the PostgreSQL outbox offers one): the dispatcher reserves a small batch of sends
-per round trip from it, gives back what it did not use, and records a 429's pause there, so
+share (the PostgreSQL outbox offers one): the dispatcher claims events through it, each
+claim granted only as many sends as the windows allow, and records a 429's pause there, so
 every replica together stays within one integration key's limit. Its windows have a wider
-margin (``SHARED_SECOND_MARGIN``): a send is recorded when it is reserved, a claim's round
-trip before it leaves.
+margin (``SHARED_SECOND_MARGIN``): a send is recorded when it is claimed, a moment before it
+leaves.
 """
 
 from __future__ import annotations
@@ -30,22 +30,24 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from bridge.outbox.model import ClaimResult
+
 #: Seconds added to each window: 1.1 s and 61 s instead of 1 s and 60 s.
 SECOND_MARGIN = 0.1
 MINUTE_MARGIN = 1.0
 _EPSILON = 1e-6
-#: The shared limiter's second window: 1.2 s (a reserved send leaves a claim's round trip later).
+#: The shared limiter's second window: 1.2 s (a send is counted when it is claimed, a moment before it leaves;
+#: the replicas' clocks agree with the database's to a round trip).
 SHARED_SECOND_MARGIN = 0.2
 
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """Sends granted by a :class:`SharedRateLimits` (times on the caller's clock)."""
+    """What the shared rate limit granted with a claim (times on the caller's clock)."""
 
+    #: Sends granted, one per claimed event.
     granted: int
-    #: When the grant was recorded: what ``release`` gives back.
-    at: float
-    #: When fewer were granted than asked: the earliest time another may start.
+    #: When fewer were granted than events were due: the earliest time another may start.
     next_free: float
     #: Requests left in each window after this grant, for metrics.
     headroom: dict[str, int] = field(default_factory=dict)
@@ -54,11 +56,11 @@ class Reservation:
 class SharedRateLimits(Protocol):
     """One destination's rate limit and 429 pause, shared by every process that uses the same storage."""
 
-    async def reserve(self, destination: str, want: int, per_second: int, per_minute: int) -> Reservation:
-        """Grant up to ``want`` sends now within both windows (none while a 429 pause lasts)."""
-
-    async def release(self, destination: str, reservation: Reservation, unused: int) -> None:
-        """Give back ``unused`` sends of ``reservation`` (fewer events were due than granted)."""
+    async def claim(
+        self, destination: str, limit: int, lease_seconds: float, per_second: int, per_minute: int
+    ) -> tuple[ClaimResult, Reservation]:
+        """``Outbox.claim``, leasing only as many due events as both windows allow now (none while a 429
+        pause lasts), each counted as a send, in one step."""
 
     async def pause(self, destination: str, until: float) -> None:
         """Flashduty said 429: no replica sends to this destination before ``until``."""

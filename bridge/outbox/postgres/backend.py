@@ -87,6 +87,11 @@ CONNECT_SECONDS = 5.0
 COMMAND_TIMEOUT = 10.0
 #: Connections per replica: the group writer, the listener, claims and reads of the workers.
 POOL_SIZE = 6
+#: Every pooled connection's settings. Bookkeeping does not wait for the WAL flush (puts turn it on: see
+#: queries.lock_statement). The outbox's statements are index lookups and ordered index scans; without
+#: bitmap scans the planner keeps choosing them when a table grew faster than its statistics (a storm
+#: filling a fresh outbox), instead of reading and sorting every head for each claim.
+SESSION_SETTINGS = {"synchronous_commit": "off", "enable_bitmapscan": "off", "application_name": "flashduty-bridge"}
 #: Errors that mean the database cannot do this now (connection lost, server shutting down, timeout).
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
@@ -184,8 +189,7 @@ class PostgresOutbox:
                     command_timeout=COMMAND_TIMEOUT,
                     timeout=CONNECT_SECONDS,
                     reset=_reset,
-                    # Bookkeeping does not wait for the WAL flush; puts turn it on (queries.lock_statement).
-                    server_settings={"synchronous_commit": "off", "application_name": "flashduty-bridge"},
+                    server_settings=SESSION_SETTINGS,
                 )
                 break
             except DATABASE_ERRORS as exc:
@@ -354,19 +358,41 @@ class PostgresOutbox:
         return await self._run("read", queries.destinations)
 
     async def claim(self, destination: str, limit: int, lease_seconds: float, *, coalesce: bool = True) -> ClaimResult:
+        result, _ = await self._claim(destination, limit, lease_seconds, coalesce, None)
+        return result
+
+    async def _claim(
+        self,
+        destination: str,
+        limit: int,
+        lease_seconds: float,
+        coalesce: bool,
+        pacing: tuple[int, int] | None,
+    ) -> tuple[ClaimResult, Reservation | None]:
+        """Claim (within the shared rate limit, with ``pacing``: per second, per minute); see ``Outbox.claim``."""
         events: list[Claimed] = []
         expired: list[Claimed] = []
         coalesced = 0
         next_due: float | None = None
+        granted = 0
+        reservation: Reservation | None = None
+        headroom: dict[str, int] = {}
+        last_free = 0.0
+        windows = PostgresRateLimits.windows
+        paced = None if pacing is None else (*pacing, *windows)
         while len(events) < limit:
             now, want = self._now(), limit - len(events)
 
-            def lease(
-                conn: Conn, now: float = now, want: int = want
-            ) -> Awaitable[tuple[list[tuple[Claimed, str | None]], float | None]]:
-                return queries.claim(conn, destination, now, want, lease_seconds, self.replica, coalesce)
+            def lease(conn: Conn, now: float = now, want: int = want) -> Awaitable[queries.ClaimRows]:
+                return queries.claim(conn, destination, now, want, lease_seconds, self.replica, coalesce, paced)
 
-            rows, next_due = await self._run("claim", lease)
+            rows, next_due, (found, grant, free_at, used_second, used_minute) = await self._run("claim", lease)
+            granted += grant
+            if pacing is not None:
+                headroom = {"second": pacing[0] - used_second, "minute": pacing[1] - used_minute}
+                last_free = free_at
+                if grant < found and next_due is not None:
+                    next_due = max(next_due, free_at)  # due heads wait for the rate limit, not for their time
             cleanup: list[tuple[Claimed, bool]] = []  # (head, expired: else superseded)
             for event, next_status in rows:
                 if policy.is_expired(event.created_at, now, self.max_age):
@@ -381,8 +407,21 @@ class PostgresOutbox:
             done = await self._clean_up(cleanup, now)
             expired += [event for event, was_expired in done if was_expired]
             coalesced += sum(1 for _, was_expired in done if not was_expired)
+            if pacing is not None:
+                # Those were counted as sends but will not be sent: give them back to every replica.
+                unsent = len(cleanup)
+                headroom = {window: left + unsent for window, left in headroom.items()}
+
+                def give_back(conn: Conn, now: float = now, unsent: int = unsent) -> Awaitable[None]:
+                    return queries.release(conn, destination, now, unsent)
+
+                await self._run("claim", give_back)
+                granted -= unsent
+        if pacing is not None:
+            reservation = Reservation(granted, self._local(last_free), headroom)
         due = None if len(events) >= limit or next_due is None else self._local(next_due)
-        return ClaimResult([self._to_local(e) for e in events], coalesced, [self._to_local(e) for e in expired], due)
+        result = ClaimResult([self._to_local(e) for e in events], coalesced, [self._to_local(e) for e in expired], due)
+        return result, reservation
 
     def _to_local(self, event: Claimed) -> Claimed:
         if self._fixed_clock is not None:
@@ -497,11 +536,11 @@ class PostgresOutbox:
 class PostgresRateLimits:
     """Each destination's rate limit and 429 pause, kept in the database for every replica.
 
-    A reservation is one round trip (the ``outbox_reserve`` function): the destination's
-    advisory lock serialises reservations of all replicas, the send log in
+    A paced claim is one round trip: the claim statement locks the due heads, asks
+    ``outbox_reserve`` (the destination's advisory lock serialises all replicas; the send log in
     ``outbox_rate_sends`` is counted over the same sliding windows as
-    :class:`~bridge.outbox.pacing.RateLimiter`'s (the second one 1.2 s long, see
-    ``SHARED_SECOND_MARGIN``), and the grant is recorded before the sends leave.
+    :class:`~bridge.outbox.pacing.RateLimiter`'s, the second one 1.2 s long, see
+    ``SHARED_SECOND_MARGIN``) for a send per head, and leases only the heads granted.
     """
 
     windows = (1.0 + SHARED_SECOND_MARGIN, 60.0 + MINUTE_MARGIN)
@@ -509,20 +548,14 @@ class PostgresRateLimits:
     def __init__(self, outbox: PostgresOutbox) -> None:
         self._outbox = outbox
 
-    async def reserve(self, destination: str, want: int, per_second: int, per_minute: int) -> Reservation:
-        box = self._outbox
-        now = box._now()
-        granted, free_at, used_second, used_minute = await box._run(
-            "claim",
-            lambda conn: queries.reserve(conn, destination, want, per_second, per_minute, now, self.windows),
+    async def claim(
+        self, destination: str, limit: int, lease_seconds: float, per_second: int, per_minute: int
+    ) -> tuple[ClaimResult, Reservation]:
+        result, reservation = await self._outbox._claim(
+            destination, limit, lease_seconds, True, (per_second, per_minute)
         )
-        headroom = {"second": per_second - used_second, "minute": per_minute - used_minute}
-        return Reservation(granted, box._local(now), box._local(free_at), headroom)
-
-    async def release(self, destination: str, reservation: Reservation, unused: int) -> None:
-        box = self._outbox
-        at = box._db(reservation.at)
-        await box._run("claim", lambda conn: queries.release(conn, destination, at, unused))
+        assert reservation is not None
+        return result, reservation
 
     async def pause(self, destination: str, until: float) -> None:
         box = self._outbox

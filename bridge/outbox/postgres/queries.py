@@ -157,19 +157,28 @@ async def destinations(conn: Conn) -> list[str]:
     return [r[0] for r in await conn.fetch(_DESTINATIONS)]
 
 
-#: Lease up to $3 due heads of destination $1 at time $2 for $4 seconds, to replica $5; with each event, the
-#: status of the next pending event of its key (for coalescing, if $6; not needed after an Ok). A last row
-#: (part 1) carries when the destination's next head is due: the soonest of the heads not leased here
-#: (read through the heads_due index, at most $3 + 1 of them) and of the leases taken here.
+#: Lease up to $3 due heads of destination $1 at time $2 for $4 seconds, to replica $5, within the shared
+#: rate limit ($7 per second, $8 per minute, windows $9 and $10 long): the due heads are locked first
+#: (``FOR UPDATE SKIP LOCKED``), ``outbox_reserve`` grants sends for as many of them as the limit allows,
+#: and only those are leased. Each event comes with the status of the next pending event of its key (for
+#: coalescing, if $6; not needed after an Ok). A last row (part 1) carries the grant, and when the
+#: destination's next head is due: the soonest of the heads not leased here (read through the heads_due
+#: index, at most $3 + 1 of them) and of the leases taken here.
 _CLAIM = """
-WITH due AS (
-    SELECT destination, alert_key FROM outbox_heads
+WITH due AS MATERIALIZED (
+    SELECT destination, alert_key, priority, event_id FROM outbox_heads
     WHERE destination = $1 AND next_attempt_at <= $2 AND leased_until <= $2
     ORDER BY priority, event_id LIMIT $3
     FOR UPDATE SKIP LOCKED
+), granted AS MATERIALIZED (  -- no pacing ($7 null): every due head
+    SELECT * FROM outbox_reserve($1, (SELECT count(*)::integer FROM due), $7, $8, $2, $9, $10) WHERE $7 IS NOT NULL
+    UNION ALL
+    SELECT (SELECT count(*)::integer FROM due), $2, 0, 0 WHERE $7 IS NULL
+), chosen AS (
+    SELECT destination, alert_key FROM due ORDER BY priority, event_id LIMIT (SELECT granted FROM granted)
 ), leased AS (
     UPDATE outbox_heads h SET leased_until = $2 + $4, leased_by = $5
-    FROM due WHERE h.destination = due.destination AND h.alert_key = due.alert_key
+    FROM chosen WHERE h.destination = chosen.destination AND h.alert_key = chosen.alert_key
     RETURNING h.event_id, h.priority
 ), soonest AS (
     SELECT h.destination, h.alert_key, greatest(h.next_attempt_at, h.leased_until) AS at FROM outbox_heads h
@@ -182,17 +191,24 @@ SELECT 0 AS part, leased.priority, leased.event_id,
            WHERE n.destination = e.destination AND n.alert_key = e.alert_key AND n.state = 'pending' AND n.id > e.id
            ORDER BY n.id LIMIT 1
        ) END AS next_status,
-       NULL::double precision AS next_due
+       NULL::double precision AS next_due, NULL::integer, NULL::integer, NULL::double precision, NULL::integer,
+       NULL::integer
 FROM leased JOIN outbox_events e ON e.id = leased.event_id
 UNION ALL
 SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        least(
            (SELECT min(s.at) FROM soonest s WHERE NOT EXISTS (
-               SELECT 1 FROM due WHERE due.destination = s.destination AND due.alert_key = s.alert_key)),
+               SELECT 1 FROM chosen c WHERE c.destination = s.destination AND c.alert_key = s.alert_key)),
            (SELECT $2 + $4 FROM leased LIMIT 1)
-       )
+       ),
+       (SELECT count(*)::integer FROM due), g.granted, g.next_free, g.used_second, g.used_minute
+FROM granted g
 ORDER BY part, priority, event_id
 """
+
+#: Per claim: the heads and their next statuses; the claim's next due time; and the grant: (due heads found,
+#: sends granted, when the next may go, sends in the second and minute windows).
+ClaimRows = tuple[list[tuple[Claimed, str | None]], float | None, tuple[int, int, float, int, int]]
 
 
 async def claim(
@@ -203,12 +219,15 @@ async def claim(
     lease_seconds: float,
     replica: str,
     coalesce: bool,
-) -> tuple[list[tuple[Claimed, str | None]], float | None]:
-    """Lease due heads (one statement, committed on its own): each with the status of the event behind it,
-    and when the destination's next head is due after this claim (None: no head left)."""
-    rows = await conn.fetch(_CLAIM, destination, now, limit, lease_seconds, replica, coalesce)
+    pacing: tuple[int, int, float, float] | None,
+) -> ClaimRows:
+    """Lease due heads (within the shared rate limit, with ``pacing``): one statement, committed on its own."""
+    pacing = pacing or (None, None, None, None)  # type: ignore[assignment]
+    assert pacing is not None
+    rows = await conn.fetch(_CLAIM, destination, now, limit, lease_seconds, replica, coalesce, *pacing)
     *events, last = rows
-    return [(Claimed(*row[3:10]), row[10]) for row in events], last[11]
+    grant = (int(last[12]), int(last[13]), float(last[14]), int(last[15]), int(last[16]))
+    return [(Claimed(*row[3:10]), row[10]) for row in events], last[11], grant
 
 
 #: Per key of $1/$2: its oldest pending event becomes its head (due at $3, not leased), or the head goes.
@@ -238,46 +257,11 @@ async def advance(conn: Conn, keys: Sequence[tuple[str, str]], now: float) -> No
         await conn.execute(_ADVANCE, [k[0] for k in keys], [k[1] for k in keys], now)
 
 
-#: Delete delivered events $1 (at most one per key: only heads are leased), record them as the keys' last
-#: delivered, and advance each key to its oldest other pending event, or drop its head: one statement, so
-#: the statement's snapshot still shows the deleted rows and they are excluded by id.
-_DELIVERED = f"""
-WITH gone AS (
-    DELETE FROM outbox_events e USING unnest($1::bigint[]) AS d(id)
-    WHERE e.id = d.id AND e.state = 'pending'
-    RETURNING e.id, e.destination, e.alert_key
-), keys AS (
-    SELECT destination, alert_key, max(id) AS id, count(*) AS n FROM gone GROUP BY destination, alert_key
-), state AS (
-    INSERT INTO outbox_key_state AS s (destination, alert_key, delivered_id, delivered_at)
-    SELECT destination, alert_key, id, $2 FROM keys
-    ON CONFLICT (destination, alert_key)
-    DO UPDATE SET delivered_id = greatest(s.delivered_id, excluded.delivered_id), delivered_at = excluded.delivered_at
-), next AS (
-    SELECT k.destination, k.alert_key, n.id, n.event_status
-    FROM keys k
-    LEFT JOIN LATERAL (
-        SELECT e.id, e.event_status FROM outbox_events e
-        WHERE e.destination = k.destination AND e.alert_key = k.alert_key AND e.state = 'pending'
-          AND e.id <> ALL($1::bigint[])
-        ORDER BY e.id LIMIT 1
-    ) n ON true
-), dropped AS (
-    DELETE FROM outbox_heads h USING next
-    WHERE next.id IS NULL AND h.destination = next.destination AND h.alert_key = next.alert_key
-), moved AS (
-    UPDATE outbox_heads h
-    SET event_id = next.id, priority = {PRIORITY_SQL.replace("event_status", "next.event_status")},
-        next_attempt_at = $2, leased_until = 0, leased_by = NULL
-    FROM next WHERE next.id IS NOT NULL AND h.destination = next.destination AND h.alert_key = next.alert_key
-)
-SELECT coalesce(sum(n), 0) FROM keys
-"""
-
-
-async def delivered(conn: Conn, event_ids: Sequence[int], now: float) -> int:
-    """Forget delivered events and let their keys' next events go; returns how many were pending."""
-    return int(await conn.fetchval(_DELIVERED, list(event_ids), now))
+async def delivered(conn: Conn, event_ids: Sequence[int], keys: Iterable[tuple[str, str]], now: float) -> int:
+    """Forget delivered events and let their keys' next events go (``outbox_delivered``: one round trip, which
+    takes the keys' locks itself); returns how many were pending."""
+    locks = sorted({key_lock(*key) for key in keys})
+    return int(await conn.fetchval("SELECT outbox_delivered($1, $2, $3)", list(event_ids), locks, now))
 
 
 async def retry_later(conn: Conn, event_id: int, at: float, code: str, error: str) -> None:
@@ -486,34 +470,10 @@ async def purge(conn: Conn, where: DeadLetterFilter, now: float) -> int:
 # -- the shared rate limit ---------------------------------------------------------------
 
 
-async def reserve(
-    conn: Conn,
-    destination: str,
-    want: int,
-    per_second: int,
-    per_minute: int,
-    now: float,
-    windows: tuple[float, float],
-) -> tuple[int, float, int, int]:
-    """(granted, next free, used in the second window, used in the minute window): one round trip."""
-    row = await conn.fetchrow(
-        "SELECT * FROM outbox_reserve($1, $2, $3, $4, $5, $6, $7)",
-        destination,
-        want,
-        per_second,
-        per_minute,
-        now,
-        *windows,
-    )
-    assert row is not None
-    return int(row[0]), float(row[1]), int(row[2]), int(row[3])
-
-
 async def release(conn: Conn, destination: str, at: float, count: int) -> None:
-    """Give back ``count`` sends reserved at ``at`` that were not used."""
+    """Give back ``count`` sends granted at ``at`` that will not be sent (their heads expired or were superseded)."""
     await conn.execute(
-        "DELETE FROM outbox_rate_sends WHERE ctid IN (SELECT ctid FROM outbox_rate_sends"
-        " WHERE destination = $1 AND at = $2 LIMIT $3)",
+        "UPDATE outbox_rate_sends SET n = greatest(0, n - $3) WHERE destination = $1 AND slot = floor($2 * 100)",
         destination,
         at,
         count,

@@ -12,8 +12,8 @@ other applications; it lives in the connection's current schema (``search_path``
 * ``outbox_key_state``: per key, the digest of the last accepted event (suppression) and the
   id of the last delivered one (replay).
 * ``outbox_passthrough_keys``: integration keys that arrived in a sender's URL.
-* ``outbox_rate_sends``: the send log of the rate limit shared by every replica (one row per
-  request reserved in the last minute); ``outbox_pacing``: a 429's pause, per destination.
+* ``outbox_rate_sends``: the send log of the rate limit shared by every replica (sends per
+  10 ms slot of the last minute); ``outbox_pacing``: a 429's pause, per destination.
 * ``outbox_meta``: ``schema_version``, and the heartbeat written by ``probe``.
 
 Times are Unix seconds (``double precision``) on the database's clock (see
@@ -85,59 +85,112 @@ CREATE TABLE outbox_passthrough_keys (
     destination     text PRIMARY KEY,
     integration_key text NOT NULL
 );
-CREATE TABLE outbox_rate_sends (
-    destination     text NOT NULL,
-    at              double precision NOT NULL
+CREATE TABLE outbox_rate_sends (        -- sends per destination and 10 ms slot, the last minute's
+    destination     text    NOT NULL,
+    slot            bigint  NOT NULL,         -- floor(time * 100)
+    n               integer NOT NULL,
+    PRIMARY KEY (destination, slot)
 );
-CREATE INDEX outbox_rate_sends_by_time ON outbox_rate_sends (destination, at);
 CREATE TABLE outbox_pacing (
     destination     text PRIMARY KEY,
     paused_until    double precision NOT NULL
 );
--- Reserve up to `want` requests to `dest` at `now` within both sliding windows (the rule of
+-- Grant up to `want` sends to `dest` at `now` within both sliding windows (the rule of
 -- bridge.outbox.pacing.RateLimiter), for every replica at once: the destination's advisory lock
--- serialises reservations, and each statement after it sees the sends committed before.
+-- serialises grants, and each statement after it sees the grants committed before. Sends are
+-- counted per 10 ms slot, a slot counting for the whole of it: a window holds at most 120 or
+-- 6,110 slots, whatever the volume, and a send leaves a window no earlier than it really does.
 CREATE FUNCTION outbox_reserve(dest text, want integer, per_second integer, per_minute integer,
                                now double precision, second_len double precision, minute_len double precision)
 RETURNS TABLE (granted integer, next_free double precision, used_second integer, used_minute integer)
 LANGUAGE plpgsql AS $fn$
 DECLARE
     paused double precision;
+    first_second bigint := floor((now - second_len) * 100);
+    first_minute bigint := floor((now - minute_len) * 100);
     in_second integer;
     in_minute integer;
     g integer := 0;
     free_at double precision := now;
-    leaves double precision;
+    leaves bigint;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended('flashduty-bridge rate ' || dest, 0));
     SELECT p.paused_until INTO paused FROM outbox_pacing p WHERE p.destination = dest;
-    DELETE FROM outbox_rate_sends s WHERE s.destination = dest AND s.at <= now - minute_len;
-    SELECT count(*) FILTER (WHERE s.at > now - second_len), count(*) INTO in_second, in_minute
-    FROM outbox_rate_sends s WHERE s.destination = dest AND s.at > now - minute_len;
+    DELETE FROM outbox_rate_sends s WHERE s.destination = dest AND s.slot < first_minute;
+    SELECT coalesce(sum(s.n) FILTER (WHERE s.slot >= first_second), 0), coalesce(sum(s.n), 0)
+    INTO in_second, in_minute
+    FROM outbox_rate_sends s WHERE s.destination = dest AND s.slot >= first_minute;
     IF paused IS NOT NULL AND paused > now THEN
         free_at := paused;
-    ELSE
+    ELSIF want > 0 THEN
         g := greatest(0, least(want, per_second - in_second, per_minute - in_minute));
         IF g > 0 THEN
-            INSERT INTO outbox_rate_sends SELECT dest, now FROM generate_series(1, g);
+            INSERT INTO outbox_rate_sends AS s VALUES (dest, floor(now * 100), g)
+            ON CONFLICT (destination, slot) DO UPDATE SET n = s.n + excluded.n;
         END IF;
         IF g < want THEN
-            -- Room appears when the oldest send that fills a window leaves it.
+            -- Room appears when the oldest slots that fill a window have left it.
             IF in_second + g >= per_second THEN
-                SELECT s.at + second_len + 1e-6 INTO leaves FROM outbox_rate_sends s
-                WHERE s.destination = dest AND s.at > now - second_len
-                ORDER BY s.at OFFSET in_second + g - per_second LIMIT 1;
-                free_at := greatest(free_at, coalesce(leaves, now + second_len));
+                SELECT c.slot INTO leaves FROM (
+                    SELECT s.slot, sum(s.n) OVER (ORDER BY s.slot) AS upto FROM outbox_rate_sends s
+                    WHERE s.destination = dest AND s.slot >= first_second) c
+                WHERE c.upto >= in_second + g - per_second + 1 ORDER BY c.slot LIMIT 1;
+                free_at := greatest(free_at, coalesce((leaves + 1) / 100.0 + second_len + 1e-6, now + second_len));
             END IF;
             IF in_minute + g >= per_minute THEN
-                SELECT s.at + minute_len + 1e-6 INTO leaves FROM outbox_rate_sends s
-                WHERE s.destination = dest AND s.at > now - minute_len
-                ORDER BY s.at OFFSET in_minute + g - per_minute LIMIT 1;
-                free_at := greatest(free_at, coalesce(leaves, now + minute_len));
+                SELECT c.slot INTO leaves FROM (
+                    SELECT s.slot, sum(s.n) OVER (ORDER BY s.slot) AS upto FROM outbox_rate_sends s
+                    WHERE s.destination = dest AND s.slot >= first_minute) c
+                WHERE c.upto >= in_minute + g - per_minute + 1 ORDER BY c.slot LIMIT 1;
+                free_at := greatest(free_at, coalesce((leaves + 1) / 100.0 + minute_len + 1e-6, now + minute_len));
             END IF;
         END IF;
     END IF;
     RETURN QUERY SELECT g, free_at, in_second + g, in_minute + g;
+END
+$fn$;
+-- Delivered: delete events `ids` (at most one per key: only heads are leased), record them as their keys'
+-- last delivered, and advance each key to its oldest other pending event, or drop its head. It takes the
+-- keys' advisory locks `locks` (ascending) itself, so an ack is one round trip; the statement after the
+-- locks sees every put committed before them.
+CREATE FUNCTION outbox_delivered(ids bigint[], locks bigint[], now double precision) RETURNS bigint
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    done bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(k) FROM unnest(locks) AS k;
+    WITH gone AS (
+        DELETE FROM outbox_events e USING unnest(ids) AS d(id)
+        WHERE e.id = d.id AND e.state = 'pending'
+        RETURNING e.id, e.destination, e.alert_key
+    ), keys AS (
+        SELECT g.destination, g.alert_key, max(g.id) AS id, count(*) AS n FROM gone g
+        GROUP BY g.destination, g.alert_key
+    ), state AS (
+        INSERT INTO outbox_key_state AS s (destination, alert_key, delivered_id, delivered_at)
+        SELECT k.destination, k.alert_key, k.id, now FROM keys k
+        ON CONFLICT (destination, alert_key) DO UPDATE
+        SET delivered_id = greatest(s.delivered_id, excluded.delivered_id), delivered_at = excluded.delivered_at
+    ), next AS (
+        SELECT k.destination, k.alert_key, n.id, n.event_status
+        FROM keys k
+        LEFT JOIN LATERAL (
+            SELECT e.id, e.event_status FROM outbox_events e
+            WHERE e.destination = k.destination AND e.alert_key = k.alert_key AND e.state = 'pending'
+              AND e.id <> ALL(ids)   -- this statement still sees the rows it deletes
+            ORDER BY e.id LIMIT 1
+        ) n ON true
+    ), dropped AS (
+        DELETE FROM outbox_heads h USING next
+        WHERE next.id IS NULL AND h.destination = next.destination AND h.alert_key = next.alert_key
+    ), moved AS (
+        UPDATE outbox_heads h
+        SET event_id = next.id, priority = PRIORITY_OF_NEXT, next_attempt_at = now, leased_until = 0,
+            leased_by = NULL
+        FROM next WHERE next.id IS NOT NULL AND h.destination = next.destination AND h.alert_key = next.alert_key
+    )
+    SELECT coalesce(sum(k.n), 0) INTO done FROM keys k;
+    RETURN done;
 END
 $fn$;
 """,
@@ -148,6 +201,8 @@ SCHEMA_VERSION = max(MIGRATIONS)
 PRIORITY_SQL = (
     f"CASE event_status {' '.join(f'WHEN {s!r} THEN {p}' for s, p in PRIORITY.items())} ELSE {LOWEST_PRIORITY} END"
 )
+# The functions of migration 1 rank heads with the same rule.
+MIGRATIONS[1] = MIGRATIONS[1].replace("PRIORITY_OF_NEXT", PRIORITY_SQL.replace("event_status", "next.event_status"))
 
 
 async def migrate(conn: Conn, location: str) -> int:

@@ -8,7 +8,8 @@ the round trips per event fall as the load rises. A transaction:
 1. ``BEGIN`` and the advisory locks of every key in the batch, ascending (one round trip);
 2. for the puts: the keys' accepted states, then one statement inserting what
    :func:`bridge.outbox.policy.admit` decided (events, key states, new heads);
-3. for the acks: one statement deleting the events and advancing their heads;
+3. for the acks: one statement (``outbox_delivered``) deleting the events and advancing their heads
+   (a batch of acks alone is just that statement, committed on its own);
 4. ``NOTIFY`` (when events were added, so idle replicas wake) and ``COMMIT``; a batch with
    puts commits with ``synchronous_commit = on``: when ``put`` returns, the events are durable.
    A batch of acks alone does not wait for the WAL flush (see the backend).
@@ -136,14 +137,17 @@ class GroupWriter:
     async def _transaction(self, conn: Conn, batch: list[_Write]) -> Outcome:
         now = self._now()
         puts = [write.events for write in batch if write.ack is None]
+        acks = [write.ack for write in batch if write.ack is not None]
+        if not puts:  # acks alone: one statement, committed on its own (not waiting for the WAL flush)
+            delivered = await queries.delivered(conn, [a[0] for a in acks], [a[1] for a in acks], now)
+            return Outcome(delivered=delivered, results=[None] * len(batch))
         # Only a batch that accepts events from senders waits for the WAL flush at COMMIT.
         await conn.execute(queries.lock_statement((key for write in batch for key in write.keys), durable=bool(puts)))
         outcome = Outcome()
         if puts:
             outcome.admission = await self._admit(conn, puts, now)
-        acks = [write.ack[0] for write in batch if write.ack is not None]
         if acks:
-            outcome.delivered = await queries.delivered(conn, acks, now)
+            outcome.delivered = await queries.delivered(conn, [a[0] for a in acks], [a[1] for a in acks], now)
         added = outcome.admission is not None and outcome.admission.added > 0
         await conn.execute(f"NOTIFY {queries.CHANNEL}; COMMIT" if added else "COMMIT")
         results = iter(outcome.admission.results if outcome.admission is not None else [])
