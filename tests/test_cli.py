@@ -259,3 +259,32 @@ def test_serve_with_storage_path_that_is_a_file_fails_fast_without_leaking_key(t
     assert str(blocker) in output
     assert SECRET not in output
     assert "SECRET" not in output
+
+
+def test_check_config_with_a_dsn_file_names_the_database_without_its_password(tmp_path: Path) -> None:
+    """storage.dsn_file selects PostgreSQL; check-config shows where, never the password (nor a missing file's)."""
+    dsn = write(tmp_path, f"postgresql://bridge:{SECRET}@db.example:5432/bridge?sslmode=require\n", "dsn")
+    path = write(tmp_path, f"storage:\n  dsn_file: {dsn}\n")
+    result = run_bridge("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "outbox in postgresql://bridge@db.example:5432/bridge)" in result.stdout
+    assert SECRET not in result.stdout + result.stderr
+
+    missing = write(tmp_path, f"storage:\n  dsn_file: {tmp_path / 'nowhere'}\n", "missing.yaml")
+    result = run_bridge("check-config", "--config", str(missing))
+    assert result.returncode == 2
+    assert "storage.dsn_file" in result.stderr and "cannot read" in result.stderr
+
+
+def test_check_config_with_a_dsn_from_a_variable_hides_the_password(tmp_path: Path) -> None:
+    """${VAR} works in storage.dsn as anywhere; an inline DSN that is not postgresql:// is refused, not echoed."""
+    path = write(tmp_path, "storage:\n  dsn: postgresql://bridge:${PGPASSWORD}@db.example/bridge\n")
+    result = run_bridge("check-config", "--config", str(path), env={"PGPASSWORD": SECRET})
+    assert result.returncode == 0, result.stderr
+    assert "outbox in postgresql://bridge@db.example/bridge)" in result.stdout
+    assert SECRET not in result.stdout + result.stderr
+
+    path = write(tmp_path, f"storage:\n  dsn: mysql://bridge:{SECRET}@db/x\n  path: data\n", "wrong.yaml")
+    result = run_bridge("check-config", "--config", str(path))
+    assert result.returncode == 2
+    assert "not path and dsn" in result.stderr and SECRET not in result.stderr

@@ -674,3 +674,31 @@ def test_dry_run_config_is_minimal_and_local() -> None:
     assert cfg.flashduty.dry_run is True
     assert cfg.unset_variables == ()
     assert "flashduty" not in yaml.safe_load(DRY_RUN.read_text(encoding="utf-8"))
+
+
+# --- storage: SQLite or PostgreSQL -------------------------------------------------------------
+
+
+def test_a_dsn_selects_postgresql_and_a_path_sqlite(tmp_path: Path) -> None:
+    """storage.dsn or storage.dsn_file selects the PostgreSQL outbox; storage.path (or nothing) keeps SQLite."""
+    assert not load_text(tmp_path, "storage:\n  path: /tmp/x\n").storage.postgresql
+    assert not load(None, {}).storage.postgresql
+    assert load_text(tmp_path, "storage:\n  dsn: postgresql://u@h/db\n").storage.postgresql
+    assert load_text(tmp_path, "storage:\n  dsn_file: /run/dsn\n  dsn: null\n").storage.postgresql
+
+
+@pytest.mark.parametrize(
+    "storage",
+    [
+        "path: data\n  dsn: postgresql://u:SECRET-pw@h/db",
+        "dsn: postgresql://u:SECRET-pw@h/db\n  dsn_file: /run/dsn",
+        "dsn: mysql://u:SECRET-pw@h/db",
+        "dsn: SECRET-pw",
+    ],
+)
+def test_a_wrong_storage_is_refused_without_echoing_the_dsn(tmp_path: Path, storage: str) -> None:
+    """One place for the outbox, and a postgresql:// DSN; the error names the keys, never the DSN."""
+    with pytest.raises(ConfigError) as refused:
+        load_text(tmp_path, f"storage:\n  {storage}\n")
+    assert "storage" in str(refused.value)
+    assert "SECRET-pw" not in str(refused.value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,13 @@ async def test_the_password_never_reaches_location_errors_or_logs(
     # Should a driver ever log the DSN, the log filter scrubs it.
     record = logging.LogRecord("asyncpg", logging.ERROR, __file__, 1, "connecting to %s", (unreachable,), None)
     assert logs._redactor.filter(record) and PASSWORD not in record.getMessage()
+    # And from a traceback, should an exception ever carry it.
+    try:
+        raise RuntimeError(f"cannot connect to {unreachable}")
+    except RuntimeError:
+        record = logging.LogRecord("bridge", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    assert logs._redactor.filter(record)
+    assert "cannot connect to" in record.getMessage() and PASSWORD not in record.getMessage()
 
 
 async def test_puts_commit_synchronously_and_bookkeeping_does_not_wait_for_the_flush(
