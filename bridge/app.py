@@ -225,6 +225,7 @@ def create_app(
             passthrough,
         )
         passthrough.restore(await outbox.passthrough_keys())
+        dispatcher.adopt = passthrough.adopt  # keys another replica remembered since (shared outbox)
         app.state.bridge = bridge
         metrics.dry_run.set(1 if config.dry_run else 0)
         metrics.reload_success.set(1)

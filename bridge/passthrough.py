@@ -50,6 +50,8 @@ class KeyStore(Protocol):
 
     async def forget_passthrough_key(self, destination: str) -> bool: ...
 
+    async def passthrough_keys(self) -> dict[str, str]: ...
+
 
 class Lanes(Protocol):
     """What delivers to destinations (the dispatcher)."""
@@ -114,6 +116,18 @@ class PassthroughKeys:
             self._add_lane(name, key)
             self._keys[name] = _Key(key, now)
         self._metrics.passthrough_keys.set(len(self._keys))
+
+    async def adopt(self, name: str) -> bool:
+        """A destination with stored events but no lane here: a key another replica (sharing a PostgreSQL
+        outbox) took from a URL. Its lane is added when the store remembers it; True if so."""
+        if name in self._keys:
+            return True
+        key = (await self._store.passthrough_keys()).get(name)
+        if key is None:
+            return False
+        self.restore({name: key})
+        log.info("passthrough destination %s taken over from the shared outbox", name)
+        return True
 
     async def admit(self, key: str) -> str:
         """The destination for ``key``, created on first use; raises :class:`PassthroughRefused` over the cap.

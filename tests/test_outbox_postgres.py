@@ -18,14 +18,19 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from bridge import logs
-from bridge.config import StorageConfig
+from bridge.config import Config, DeliveryConfig, StorageConfig
+from bridge.destinations import Outcome, Reason, Verdict
+from bridge.metrics import Metrics
 from bridge.outbox import DeadLetterFilter, OpenRefused, OutboxUnusable
+from bridge.outbox.dispatcher import Dispatcher
 from bridge.outbox.postgres import PostgresOutbox, queries
 from bridge.outbox.postgres import backend as backend_module
 from bridge.outbox.postgres.dsn import display, read_dsn, secrets
 from bridge.outbox.postgres.schema import SCHEMA_VERSION
+from bridge.passthrough import PassthroughKeys
 from tests.support import postgres
 from tests.support.clock import FakeClock
 from tests.support.outboxes import DEST, claim, ev
@@ -253,3 +258,54 @@ async def test_puts_commit_synchronously_and_bookkeeping_does_not_wait_for_the_f
     finally:
         await box.close()
     assert seen == {"put": "on", "claim": "off"}
+
+
+async def test_a_passthrough_key_is_forgotten_only_when_no_replica_needs_it(replicas: list[PostgresOutbox]) -> None:
+    """Nothing stored, and no replica saved it or stored events for it within the grace period."""
+    a, b = replicas
+    clock = a._fixed_clock
+    assert isinstance(clock, FakeClock)
+    await a.save_passthrough_key("passthrough-1", "KEY-1")
+    assert not await b.forget_passthrough_key("passthrough-1")  # just saved: a may be about to put
+    clock.advance(backend_module.PASSTHROUGH_GRACE + 1)
+    await a.put([ev("k", "queued", destination="passthrough-1")])
+    assert not await b.forget_passthrough_key("passthrough-1")  # events pending
+    (event,) = await claim(a, destination="passthrough-1")
+    await a.delivered(event.id)
+    assert not await b.forget_passthrough_key("passthrough-1")  # used just now
+    clock.advance(backend_module.PASSTHROUGH_GRACE + 1)
+    assert await b.forget_passthrough_key("passthrough-1")
+    assert await a.passthrough_keys() == {}
+
+
+async def test_a_passthrough_key_another_replica_took_is_delivered_not_parked(replicas: list[PostgresOutbox]) -> None:
+    """A replica that sees events for a destination it has no lane for looks for the key in the shared outbox."""
+    a, b = replicas
+    clock = a._fixed_clock
+    assert isinstance(clock, FakeClock)
+    await a.save_passthrough_key("passthrough-2", "KEY-2")
+    await a.put([ev("k", "via url", destination="passthrough-2")])
+    sent: list[tuple[str, str]] = []
+
+    class Recorded:
+        def __init__(self, name: str, key: str) -> None:
+            self.name, self.key = name, key
+
+        async def send(self, body: str) -> Outcome:
+            sent.append((self.key, body))
+            return Outcome(Verdict.OK, Reason.DELIVERED, request_id="r")
+
+    metrics = Metrics(CollectorRegistry())
+    dispatcher = Dispatcher(b, {}, metrics, DeliveryConfig(), clock=clock, scan_interval=0.0)
+    keys = PassthroughKeys(b, dispatcher, metrics, Config, Recorded)
+    dispatcher.adopt = keys.adopt
+    dispatcher.start()
+    try:
+        for _ in range(200):
+            if sent and (await b.stats()).pending == 0:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await dispatcher.stop(timeout=5)
+    assert sent == [("KEY-2", "via url")]
+    assert await b.dead_letters(ALL) == []

@@ -47,7 +47,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from bridge.config import DeliveryConfig, RateLimitConfig
@@ -137,6 +137,9 @@ class Dispatcher:
         self._stats_due = 0.0
         self._scan_due = 0.0
         self._orphans: list[str] = []
+        #: Asked about a destination with events but no lane before they are parked: True when it added the
+        #: lane (a passthrough key another replica sharing the outbox remembered).
+        self.adopt: Callable[[str], Awaitable[bool]] | None = None
         self.lanes: dict[str, _Lane] = {}
         self.add_destinations(destinations, rate_limits or {})
 
@@ -237,6 +240,8 @@ class Dispatcher:
             if free <= 0:
                 break
             lane = self.lanes.get(name)
+            if lane is None and self.adopt is not None and await self.adopt(name):
+                lane = self.lanes.get(name)  # another replica's destination (a passthrough key): deliver it
             if lane is None:
                 parked = await self._park_unknown(name, free)
                 if parked:

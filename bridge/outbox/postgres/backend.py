@@ -87,6 +87,8 @@ CONNECT_SECONDS = 5.0
 COMMAND_TIMEOUT = 10.0
 #: Connections per replica: the group writer, the listener, claims and reads of the workers.
 POOL_SIZE = 6
+#: A passthrough key saved or used (events stored for it) by any replica this recently is not forgotten.
+PASSTHROUGH_GRACE = 60.0
 #: Every pooled connection's settings. Bookkeeping does not wait for the WAL flush (puts turn it on: see
 #: queries.lock_statement). The outbox's statements are index lookups and ordered index scans; without
 #: bitmap scans the planner keeps choosing them when a table grew faster than its statistics (a storm
@@ -347,7 +349,16 @@ class PostgresOutbox:
         self._pending -= outcome.delivered
 
     async def save_passthrough_key(self, destination: str, integration_key: str) -> None:
-        await self._run("put", lambda conn: queries.save_passthrough_key(conn, destination, integration_key))
+        now = self._now()
+        await self._run("put", lambda conn: queries.save_passthrough_key(conn, destination, integration_key, now))
+
+    async def forget_passthrough_key(self, destination: str) -> bool:
+        """Forget a URL key with nothing stored for it, unless a replica saved it or stored events for it
+        within ``PASSTHROUGH_GRACE`` seconds: another replica may be about to put events for it."""
+        now = self._now()
+        return await self._run(
+            "record", lambda conn: queries.forget_passthrough_key(conn, destination, now, PASSTHROUGH_GRACE)
+        )
 
     async def passthrough_keys(self) -> dict[str, str]:
         return await self._run("read", queries.passthrough_keys)

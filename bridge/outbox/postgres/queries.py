@@ -78,6 +78,8 @@ WITH accepted AS (
         AS e(destination, alert_key, source, event_status, body, n)
     ORDER BY n
     RETURNING id, destination, alert_key, event_status
+), used AS (  -- a passthrough key in use at any replica is not retired by another
+    UPDATE outbox_passthrough_keys SET used_at = $1 WHERE destination IN (SELECT destination FROM added)
 )
 INSERT INTO outbox_heads (destination, alert_key, event_id, priority, next_attempt_at)
 SELECT DISTINCT ON (destination, alert_key) destination, alert_key, id, {PRIORITY_SQL}, $1
@@ -120,10 +122,26 @@ async def insert(
     return admission
 
 
-async def save_passthrough_key(conn: Conn, destination: str, integration_key: str) -> None:
+async def save_passthrough_key(conn: Conn, destination: str, integration_key: str, now: float) -> None:
     await conn.execute(
-        "INSERT INTO outbox_passthrough_keys VALUES ($1, $2) ON CONFLICT DO NOTHING", destination, integration_key
+        "INSERT INTO outbox_passthrough_keys VALUES ($1, $2, $3)"
+        " ON CONFLICT (destination) DO UPDATE SET used_at = excluded.used_at",
+        destination,
+        integration_key,
+        now,
     )
+
+
+async def forget_passthrough_key(conn: Conn, destination: str, now: float, grace: float) -> bool:
+    """Forget a key with nothing stored for it that no replica saved or used within ``grace`` seconds."""
+    status = await conn.execute(
+        "DELETE FROM outbox_passthrough_keys WHERE destination = $1 AND used_at < $2"
+        " AND NOT EXISTS (SELECT 1 FROM outbox_heads WHERE destination = $1)"
+        " AND NOT EXISTS (SELECT 1 FROM outbox_events WHERE state = 'dead' AND destination = $1)",
+        destination,
+        now - grace,
+    )
+    return str(status) == "DELETE 1"
 
 
 async def passthrough_keys(conn: Conn) -> dict[str, str]:

@@ -83,7 +83,8 @@ CREATE TABLE outbox_key_state (
 );
 CREATE TABLE outbox_passthrough_keys (
     destination     text PRIMARY KEY,
-    integration_key text NOT NULL
+    integration_key text NOT NULL,
+    used_at         double precision NOT NULL DEFAULT 0  -- saved, or events put for it, by any replica
 );
 CREATE TABLE outbox_rate_sends (        -- sends per destination and 10 ms slot, the last minute's
     destination     text    NOT NULL,
