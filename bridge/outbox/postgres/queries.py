@@ -455,7 +455,7 @@ async def replay(conn: Conn, now: float, where: DeadLetterFilter, force: bool) -
             result.superseded.append(event_id)
             continue
         await conn.execute(
-            "UPDATE outbox_events SET state = 'pending', attempts = 0, dead_at = NULL WHERE id = $1", event_id
+            "UPDATE outbox_events SET state = 'pending', dead_at = NULL WHERE id = $1", event_id
         )
         # The replayed event is older than anything pending for its key, or it is alone.
         await conn.execute(
