@@ -364,8 +364,11 @@ class Dispatcher:
     async def _attempt(self, lane: _Lane, event: Claimed) -> None:
         destination = lane.destination
         started = time.perf_counter()
-        lane.limiter.stamp(self._clock())
-        outcome = await destination.send(event.body)
+        try:
+            outcome = await destination.send(event.body)
+        finally:
+            # Counted until answered: Flashduty saw it arrive by now, however slow the way there was.
+            lane.limiter.stamp(self._clock())
         metrics = self.metrics
         metrics.child(metrics.attempt_duration, destination.name).observe(time.perf_counter() - started)
         metrics.child(metrics.attempts, destination.name, outcome.verdict.value, outcome.code).inc()

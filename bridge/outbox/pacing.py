@@ -3,11 +3,13 @@
 Flashduty allows 100 requests/s and 1000 requests/min per integration key, and
 answers 429 beyond either. :class:`RateLimiter` keeps a log of send times and
 admits a request only while both windows have room, so in steady state the bridge
-never provokes a 429. A request is *reserved* when it is admitted and *stamped*
-when it actually leaves, since the two can be tens of milliseconds apart on a busy
-event loop. The windows are a little longer than a second and a minute
-(``SECOND_MARGIN``, ``MINUTE_MARGIN``) because Flashduty counts arrivals, not sends,
-and two requests sent one window apart can arrive closer together than that.
+never provokes a 429. A request is *reserved* when it is admitted and counts as in
+the window from then on; it is *stamped* when its answer came back, and stays in the
+window until a window's length after that. Flashduty counts arrivals, and a request
+arrives somewhere between being sent and being answered: counting it until its
+answer keeps two arrivals a window apart however long a request takes to get there
+(a cold connection on a busy machine took over 100 ms). The windows are a little
+longer than a second and a minute still (``SECOND_MARGIN``, ``MINUTE_MARGIN``).
 
 :class:`CircuitBreaker` stops hammering a destination that keeps failing: after
 ``threshold`` consecutive retryable failures it opens for a cool-down (doubling up
@@ -106,7 +108,7 @@ class RateLimiter:
         for (length, limit), log in zip(self.windows, self._in_windows(now), strict=True):
             room = limit - self._reserved
             if room <= 0:
-                return max(ready, now + length)  # reserved requests are about to be stamped; look again then
+                return max(ready, now + length)  # in flight: each answer wakes the feeder, or look again then
             if len(log) >= room:
                 # Room appears when the oldest request that fills the window leaves it (a hair after,
                 # so float rounding in ``now - length`` cannot leave it counted at that instant).
@@ -114,17 +116,17 @@ class RateLimiter:
         return ready
 
     def reserve(self) -> None:
-        """A request was admitted; it counts until :meth:`stamp` records when it left."""
+        """A request was admitted; it counts as in flight until :meth:`stamp` records when its answer came."""
         self._reserved += 1
 
     def stamp(self, now: float) -> None:
-        """The reserved request is being sent now."""
+        """The reserved request was answered now (it arrived by then): it stays in the windows from ``now``."""
         self._reserved = max(0, self._reserved - 1)
         for log in self._logs:
             log.append(now)
 
     def take(self, now: float) -> None:
-        """Admit and send at once (reserve and stamp)."""
+        """Admit, send and be answered at once (reserve and stamp)."""
         self.reserve()
         self.stamp(now)
 
