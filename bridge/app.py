@@ -175,6 +175,11 @@ async def http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def storage_unavailable(request: Request, exc: Exception) -> Response:
+    """Storage failed under a handler (admin API, console): 503, as the intake answers, never a 500."""
+    return envelope(503, uuid.uuid4().hex, code="ServiceUnavailable", message=str(exc))
+
+
 def create_app(
     config: Config,
     *,
@@ -257,6 +262,6 @@ def create_app(
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             *admin.routes,
         ],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, OutboxUnavailable: storage_unavailable},
         lifespan=lifespan,
     )

@@ -100,10 +100,20 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class HistoryConfig(_Frozen):
+    """The event trail's retention: finished events (delivered, suppressed, coalesced, purged)
+    are kept at most ``max_age`` after they finished and ``max_events`` events back from the newest."""
+
+    max_age: Duration = 24 * 3600.0
+    #: 0 keeps no finished event (pending events and dead letters are always kept).
+    max_events: int = Field(100_000, ge=0, le=10_000_000, strict=True)
+
+
 class StorageConfig(_Frozen):
     path: AbsolutePath = Field(Path(DEFAULT_STORAGE_PATH), validate_default=True)
     #: Pending events above which senders get 503 (Alertmanager retries; nothing is dropped).
     max_pending: int = Field(DEFAULT_MAX_PENDING, gt=0, strict=True)
+    history: HistoryConfig = HistoryConfig()
 
 
 class RateLimitConfig(_Frozen):

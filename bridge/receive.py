@@ -181,7 +181,7 @@ async def receive(request: Request, name: str) -> Response:
             response.headers["Retry-After"] = str(exc.retry_after)
             return response
     try:
-        stored = await bridge.outbox.put(outcome.events)
+        stored = await bridge.outbox.put(outcome.events, request_id=request_id)
     except OutboxUnavailable as exc:
         count(metrics, name, "unavailable", outcome)
         log.warning("could not take %s request %s (%d alerts): %s", name, request_id, outcome.alerts, exc)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from bridge.config import DeliveryConfig, StorageConfig
 from bridge.outbox.protocol import Outbox
 from bridge.outbox.sqlite import SqliteOutbox
+from bridge.outbox.trail import Retention
 
 Clock = Callable[[], float]
 
@@ -22,8 +23,14 @@ def _sqlite(storage: StorageConfig, delivery: DeliveryConfig, clock: Clock) -> O
         max_pending=storage.max_pending,
         max_age=delivery.retry_horizon,
         refresh_interval=delivery.refresh_interval,
+        retention=retention(storage),
         clock=clock,
     )
+
+
+def retention(storage: StorageConfig) -> Retention:
+    """The trail's retention, as every backend takes it."""
+    return Retention(storage.history.max_age, storage.history.max_events)
 
 
 #: Backend name -> how to build it from the config (not opened yet).
