@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge import __version__, admin, contract, logs, receive
+from bridge import __version__, admin, contract, logs, receive, trail, ui
 from bridge import runtime as runtime_module
 from bridge.config import DEFAULT_DESTINATION, Config, ConfigError
 from bridge.config import load as load_config
@@ -248,7 +248,7 @@ def create_app(
             await outbox.close()
             log.info("stopped; undelivered events stay queued in %s", outbox.location)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/alertmanager", receive.receive_alertmanager, methods=["POST"]),
             Route("/grafana", receive.receive_grafana, methods=["POST", "PUT"]),
@@ -261,7 +261,11 @@ def create_app(
             Route("/-/dry-run", dry_run_events, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             *admin.routes,
+            *trail.routes,
+            *ui.routes,
         ],
         exception_handlers={HTTPException: http_error, OutboxUnavailable: storage_unavailable},
         lifespan=lifespan,
     )
+    app.state.clock = clock
+    return app
