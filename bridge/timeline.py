@@ -116,13 +116,13 @@ def _when(at: float | None, *, day: bool = True) -> str:
     return f"{stamp}.{int(at * 1000) % 1000:03d}" + (" UTC" if day else "")
 
 
-def describe_step(step: dict[str, Any], number: int) -> str:
-    """One step as a line of the timeline."""
+def describe_step(step: dict[str, Any], number: int, request_id: bool = True) -> str:
+    """One step as a line of the timeline (``request_id``: with Flashduty's request id of an attempt)."""
     kind = step.get("kind")
     if kind == "attempt":
         status = step.get("status") or "-"
         code = "" if step.get("code") in (None, "none") else f" {step['code']}"
-        request = f"  request_id {step['request_id']}" if step.get("request_id") else ""
+        request = f"  request_id {step['request_id']}" if step.get("request_id") and request_id else ""
         message = f"  {step['message']}" if step.get("message") and step.get("outcome") != "ok" else ""
         return f"attempt {number}: {step.get('outcome')} {status}{code}{request}  {step.get('latency_ms')} ms{message}"
     if kind == "coalesced":

@@ -64,6 +64,8 @@ def parse_query(items: Sequence[tuple[str, str]], now: float, *, limit: int = DE
         if name not in PARAMETERS:
             raise BadQuery(f"unknown parameter {name!r}; use {', '.join(PARAMETERS)}")
         if name == "label":
+            if value == "":  # an empty form field
+                continue
             label, sep, wanted = value.partition("=")
             if not sep or not label:
                 raise BadQuery(f"label: {value!r} is not name=value")

@@ -375,7 +375,8 @@ def test_the_trail_filter_of_the_console_and_the_api_is_one_parser() -> None:
     """Query items become the same TrailFilter for the API and the console; empty form fields are no criterion."""
     from bridge import trail
 
-    where = trail.parse_query([("alert_key", "k"), ("outcome", ""), ("label", "a=b"), ("label", "c=")], 1000.0)
+    items = [("alert_key", "k"), ("outcome", ""), ("label", "a=b"), ("label", "c="), ("label", "")]
+    where = trail.parse_query(items, 1000.0)
     assert where == TrailFilter(alert_key="k", labels=(("a", "b"), ("c", "")), limit=trail.DEFAULT_LIMIT)
     again = trail.parse_query(trail.query_string(where, 1000.0), 1000.0)
     assert again == where
