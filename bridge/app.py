@@ -34,7 +34,7 @@ from bridge.config import DEFAULT_DESTINATION, Config, ConfigError
 from bridge.config import load as load_config
 from bridge.destinations.flashduty import DryRunDestination, Transports
 from bridge.metrics import Metrics
-from bridge.outbox import Outbox, open_outbox
+from bridge.outbox import Outbox, OutboxUnavailable, open_outbox
 from bridge.outbox.dispatcher import Dispatcher
 from bridge.passthrough import PassthroughKeys
 from bridge.responses import envelope
