@@ -26,7 +26,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bridge.admin import authorise
-from bridge.config import EVENT_STATUSES, Duration
+from bridge.config import Duration
+from bridge.contract import EVENT_STATUSES
 from bridge.outbox import TrailFilter
 from bridge.outbox.trail import FILTER_OUTCOMES, MAX_LIMIT
 from bridge.responses import envelope

@@ -207,8 +207,9 @@ async def test_render_accepts_a_console_session_only_with_its_csrf_header(app: t
     _, client = app
     csrf = await log_in(client)
     body = json.dumps({"title_rule": "disk full", "event_status": "Warning", "alert_key": "k"})
-    without = await client.post("/-/render/standard", content=body)
-    with_header = await client.post("/-/render/standard", content=body, headers={"X-CSRF-Token": csrf})
+    json_type = {"Content-Type": "application/json"}
+    without = await client.post("/-/render/standard", content=body, headers=json_type)
+    with_header = await client.post("/-/render/standard", content=body, headers={**json_type, "X-CSRF-Token": csrf})
     assert without.status_code == 401
     assert with_header.status_code == 200, with_header.text
     (rendered,) = with_header.json()["data"]["events"]
