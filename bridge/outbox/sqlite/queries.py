@@ -79,10 +79,10 @@ class Queries:
             now=now,
         )
         self.pending += admission.added
+        # Stored and suppressed events in commit order, one statement: ids follow that order.
         rows = [
             (e.destination, e.alert_key, e.source, e.event_status, e.body, now, now, request_id)
-            if kept
-            else (e.destination, e.alert_key, e.source, e.event_status, e.body, now, now, request_id, now)
+            + (("pending", None) if kept else (trail.SUPPRESSED, now))
             for (events, request_id), stored in zip(requests, admission.results, strict=True)
             if stored is not None
             for e, kept in zip(events, stored, strict=True)
@@ -97,19 +97,11 @@ class Queries:
                 " accepted_at = excluded.accepted_at",
                 [(*key, digest, now) for key, digest in admission.accepted.items()],
             )
-        columns = "destination, alert_key, source, event_status, body, created_at, next_attempt_at, inbound_request"
-        if len(rows) == admission.added:  # the common case: nothing suppressed, one statement
-            db.executemany(f"INSERT INTO events ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        else:  # commit order across stored and suppressed rows: ids follow it
-            for row in rows:
-                if len(row) == 8:
-                    db.execute(f"INSERT INTO events ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
-                else:
-                    db.execute(
-                        f"INSERT INTO events ({columns}, state, finished_at)"
-                        f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, '{trail.SUPPRESSED}', ?)",
-                        row,
-                    )
+        db.executemany(
+            "INSERT INTO events (destination, alert_key, source, event_status, body, created_at, next_attempt_at,"
+            " inbound_request, state, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
         if admission.added:
             # AUTOINCREMENT ids only grow, so the new events are those above the old maximum. In id
             # order, the first new pending event of a key without pending events becomes its head.
@@ -448,13 +440,12 @@ class Queries:
 
     def prune_trail(self, db: sqlite3.Connection, now: float) -> int:
         """Delete up to ``trail.PRUNE_BATCH`` finished events past the retention, oldest first."""
-        oldest = db.execute(
-            "SELECT id, finished_at FROM events WHERE finished_at IS NOT NULL ORDER BY id LIMIT ?",
-            (trail.PRUNE_BATCH,),
-        ).fetchall()
-        if not oldest:
+        query = "SELECT id, finished_at FROM events WHERE finished_at IS NOT NULL ORDER BY id LIMIT ?"
+        (newest,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+        # Most calls find nothing due: look at the oldest finished event before reading a batch.
+        if not trail.prunable(db.execute(query, (1,)).fetchall(), newest_id=newest, now=now, retention=self.retention):
             return 0
-        (newest,) = db.execute("SELECT MAX(id) FROM events").fetchone()
+        oldest = db.execute(query, (trail.PRUNE_BATCH,)).fetchall()
         ids = trail.prunable(oldest, newest_id=newest, now=now, retention=self.retention)
         db.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in ids])
         return len(ids)
