@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from bridge import config as config_module
+from bridge.deadletters import admin_url
 from bridge.outbox import OutboxInUse, OutboxUnavailable, TrailFilter, open_outbox
 from bridge.outbox.trail import MAX_LIMIT
 
@@ -57,13 +58,6 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--limit", type=int, default=50, help="newest events shown (default 50)")
     parser.add_argument("--json", action="store_true", help="print the events API's JSON instead")
     parser.set_defaults(func=run)
-
-
-def admin_url(listen: str) -> str:
-    """Where a bridge listening on ``listen`` is reached from this host (a wildcard address means loopback)."""
-    host, port = config_module.split_listen(listen)
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def fetch(url: str, token: str, alert_key: str, limit: int) -> list[dict[str, Any]]:

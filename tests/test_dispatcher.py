@@ -24,10 +24,6 @@ from prometheus_client import CollectorRegistry
 from bridge.config import CircuitConfig, DeliveryConfig, RateLimitConfig
 from bridge.destinations import INVALID_INTEGRATION_KEY, Outcome, Reason, Verdict
 from bridge.metrics import Metrics
-<<<<<<< HEAD
-from bridge.outbox import ClaimResult, DeadLetterFilter, NewEvent, Outbox, OutboxStats, OutboxUnavailable
-from bridge.outbox.dispatcher import IDLE_POLL_SECONDS, LEASE_SECONDS, Dispatcher, backoff_delay
-=======
 from bridge.outbox import (
     Attempt,
     ClaimResult,
@@ -38,8 +34,7 @@ from bridge.outbox import (
     OutboxUnavailable,
     TrailFilter,
 )
-from bridge.outbox.dispatcher import LEASE_SECONDS, Dispatcher, backoff_delay
->>>>>>> 34f2acb (Outbox trail: every event keeps its arrival, attempts and ending for a bounded retention)
+from bridge.outbox.dispatcher import IDLE_POLL_SECONDS, LEASE_SECONDS, Dispatcher, backoff_delay
 from tests.support.clock import FakeClock
 from tests.support.outboxes import BACKENDS, OutboxBackend, backend_under_test
 
