@@ -180,7 +180,7 @@ def test_an_operator_follows_an_alert_replays_a_dead_letter_and_renders_a_templa
     expect(letter).to_contain_text("integration_key is not a valid one")
     shots(page, "dead-letters")
     page.goto(f"{bridge.url}/ui")
-    expect(page.locator("table")).to_contain_text("InvalidParameter")
+    expect(page.locator("table")).to_contain_text("InvalidIntegrationKey")
     shots(page, "overview")
 
     # -- fix the key, replay from the page (keyboard), see it delivered ---------------------------------

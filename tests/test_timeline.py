@@ -43,7 +43,7 @@ def test_trail_answers_what_happened_to_an_alert_key(emulator: Emulator, make_br
     lines = text.splitlines()
     assert lines[2].startswith("#3  Ok") and "DEAD LETTER" in lines[2]
     assert f"accepted, request {last['request_id']}" in text
-    assert "attempt 1: give_up 400 InvalidParameter" in text
+    assert "attempt 1: give_up 400 InvalidIntegrationKey" in text
     assert "suppressed (repeat)" in text and f"accepted, request {repeat['request_id']}" in text
     assert f"attempt 1: ok 200  request_id {delivered_request}" in text
     assert ADMIN_TOKEN not in text
