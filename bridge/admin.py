@@ -54,7 +54,7 @@ def bearer_matches(request: Request, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), token.encode())
 
 
-def _authorise(request: Request) -> tuple[Bridge, Response | None]:
+def authorise(request: Request) -> tuple[Bridge, Response | None]:
     bridge: Bridge = request.app.state.bridge
     token = bridge.config.admin.token.get_secret_value()
     request_id = uuid.uuid4().hex
@@ -76,7 +76,7 @@ async def _selection(request: Request) -> Selection:
 
 
 async def _with_selection(request: Request) -> tuple[Bridge, Selection | None, Response | None]:
-    bridge, denied = _authorise(request)
+    bridge, denied = authorise(request)
     if denied is not None:
         return bridge, None, denied
     try:
@@ -97,7 +97,7 @@ async def list_dead_letters(request: Request) -> Response:
 
 async def show_dead_letter(request: Request) -> Response:
     """``GET /api/v1/dead-letters/{id}``"""
-    bridge, denied = _authorise(request)
+    bridge, denied = authorise(request)
     if denied is not None:
         return denied
     event_id = int(request.path_params["id"])

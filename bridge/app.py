@@ -28,13 +28,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge import __version__, admin, contract, logs, receive
+from bridge import __version__, admin, contract, logs, receive, trail, ui
 from bridge import runtime as runtime_module
 from bridge.config import DEFAULT_DESTINATION, Config, ConfigError
 from bridge.config import load as load_config
 from bridge.destinations.flashduty import DryRunDestination, Transports
 from bridge.metrics import Metrics
-from bridge.outbox import Outbox, open_outbox
+from bridge.outbox import Outbox, OutboxUnavailable, open_outbox
 from bridge.outbox.dispatcher import Dispatcher, lease_for
 from bridge.passthrough import PassthroughKeys
 from bridge.responses import envelope
@@ -175,6 +175,11 @@ async def http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def storage_unavailable(request: Request, exc: Exception) -> Response:
+    """Storage failed under a handler (admin API, console): 503, as the intake answers, never a 500."""
+    return envelope(503, uuid.uuid4().hex, code="ServiceUnavailable", message=str(exc))
+
+
 def create_app(
     config: Config,
     *,
@@ -250,7 +255,7 @@ def create_app(
             await outbox.close()
             log.info("stopped; undelivered events stay queued in %s", outbox.location)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/alertmanager", receive.receive_alertmanager, methods=["POST"]),
             Route("/grafana", receive.receive_grafana, methods=["POST", "PUT"]),
@@ -263,7 +268,11 @@ def create_app(
             Route("/-/dry-run", dry_run_events, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             *admin.routes,
+            *trail.routes,
+            *ui.routes,
         ],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, OutboxUnavailable: storage_unavailable},
         lifespan=lifespan,
     )
+    app.state.clock = clock
+    return app

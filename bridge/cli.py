@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
-from bridge import __version__, config, deadletters, logs, preview
+from bridge import __version__, config, deadletters, logs, preview, timeline
 from bridge.outbox import OpenRefused, OutboxInUse, OutboxUnusable, open_outbox
 from bridge.outbox.factory import describe as describe_storage
 
@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=check_config)
     commands.add_parser("emulate", help="run a Flashduty-compatible receiver (see emulate --help)")
     deadletters.add_parser(commands)
+    timeline.add_parser(commands)
     preview.add_parsers(commands)
     parser.description = (
         "Carries alerts from Alertmanager, Grafana and webhooks to Flashduty."

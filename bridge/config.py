@@ -103,6 +103,15 @@ class _Frozen(BaseModel):
 POSTGRESQL_SCHEMES = ("postgresql", "postgres")
 
 
+class HistoryConfig(_Frozen):
+    """The event trail's retention: finished events (delivered, suppressed, coalesced, purged)
+    are kept at most ``max_age`` after they finished and ``max_events`` events back from the newest."""
+
+    max_age: Duration = 24 * 3600.0
+    #: 0 keeps no finished event (pending events and dead letters are always kept).
+    max_events: int = Field(100_000, ge=0, le=10_000_000, strict=True)
+
+
 class StorageConfig(_Frozen):
     """Where the outbox lives: an SQLite directory (``path``, the default), or a PostgreSQL database
     shared by several replicas (``dsn``, or ``dsn_file`` naming a file that holds it, e.g. a mounted Secret).
@@ -115,6 +124,7 @@ class StorageConfig(_Frozen):
     dsn_file: AbsolutePath | None = None
     #: Pending events above which senders get 503 (Alertmanager retries; nothing is dropped).
     max_pending: int = Field(DEFAULT_MAX_PENDING, gt=0, strict=True)
+    history: HistoryConfig = HistoryConfig()
 
     @model_validator(mode="after")
     def _one_place(self) -> StorageConfig:

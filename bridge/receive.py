@@ -37,6 +37,7 @@ from bridge.responses import envelope, fast_envelope
 from bridge.routing import passthrough_destination
 from bridge.sources import alertmanager, grafana
 from bridge.sources import standard as standard_module
+from bridge.ui.session import console_request_ok
 
 if TYPE_CHECKING:
     from bridge.app import Bridge
@@ -181,7 +182,7 @@ async def receive(request: Request, name: str) -> Response:
             response.headers["Retry-After"] = str(exc.retry_after)
             return response
     try:
-        stored = await bridge.outbox.put(outcome.events)
+        stored = await bridge.outbox.put(outcome.events, request_id=request_id)
     except OutboxUnavailable as exc:
         count(metrics, name, "unavailable", outcome)
         log.warning("could not take %s request %s (%d alerts): %s", name, request_id, outcome.alerts, exc)
@@ -233,7 +234,7 @@ async def render(request: Request) -> Response:
     runtime = bridge.runtime
     request_id = uuid.uuid4().hex
     token = runtime.config.admin.token.get_secret_value()
-    if token and not admin.bearer_matches(request, token):
+    if token and not (admin.bearer_matches(request, token) or console_request_ok(request, token)):
         return envelope(401, request_id, code="Unauthorized", message="missing or wrong bearer token")
     name = request.path_params["source"]
     if name not in runtime.sources:

@@ -632,6 +632,7 @@ def test_example_config_lists_every_accepted_key() -> None:
     sections = frozenset(
         {
             "storage",
+            "storage.history",
             "flashduty",
             "flashduty.rate_limit",
             "delivery",

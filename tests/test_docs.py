@@ -149,6 +149,11 @@ def check_dead_letters(outputs: dict[str, str]) -> None:
     assert sorted(json_of(outputs, "flashduty-bridge deadletter replay")["replayed"]) == [x["id"] for x in letters]
     assert json_of(outputs, "flashduty-bridge deadletter purge")["purged"] == 0
     assert "dead_letters" in json_of(outputs, "flashduty-bridge deadletter list   --config")
+    # The event trail of the fixture's first alert: dead-lettered for the wrong key, then replayed.
+    for where in ("--url", "--config"):
+        timeline = output_of(outputs, f"flashduty-bridge trail alertmanager:59375702559462c1 {where}")
+        assert "alert_key alertmanager:59375702559462c1: 1 event(s)" in timeline, timeline
+        assert "give_up 400 InvalidIntegrationKey" in timeline and "replayed from the dead letters" in timeline
 
 
 WRONG_KEY_BRIDGE = """\
@@ -180,7 +185,7 @@ SESSIONS = [
     ),
     Session(
         "dead letters",
-        ((("Delivery", "Dead letters"), 0),),
+        ((("Delivery", "Dead letters"), 0), (("Delivery", "Where did my alert go? The event trail"), 0)),
         # A bridge with a wrong key, its events parked; then the key is fixed and the config reloaded.
         setup=f"""\
 export BRIDGE_ADMIN_TOKEN=docs-admin-token

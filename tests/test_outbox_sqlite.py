@@ -22,7 +22,7 @@ import pytest
 
 from bridge.outbox import DeadLetterFilter, OutboxInUse, OutboxStats, OutboxUnavailable, OutboxUnusable
 from bridge.outbox.sqlite import SqliteOutbox, writer
-from bridge.outbox.sqlite.schema import APPLICATION_ID
+from bridge.outbox.sqlite.schema import APPLICATION_ID, SCHEMA_VERSION
 from tests.support.clock import FakeClock
 from tests.support.damage import DAMAGE, corrupt_pages, fill
 from tests.support.outboxes import DEST, SqliteBackend, bodies, claim, ev
@@ -329,7 +329,8 @@ async def test_v1_database_is_migrated_and_claims_the_right_heads(tmp_path: Path
     try:
         db = sqlite3.connect(path)
         try:
-            assert db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone() == ("2",)
+            version = db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+            assert version == (str(SCHEMA_VERSION),)
             heads = db.execute("SELECT alert_key, event_id, priority, next_attempt_at FROM heads ORDER BY alert_key")
             assert heads.fetchall() == [("a", 1, 1, 1100.0), ("b", 3, 2, 900.0)]
         finally:
@@ -374,11 +375,12 @@ async def test_migrated_database_reopens_without_changes(tmp_path: Path, clock: 
 
 
 async def test_database_with_a_newer_schema_is_refused(tmp_path: Path, clock: FakeClock) -> None:
-    """An outbox written by a newer bridge (schema 3) is not opened, so this one cannot corrupt it."""
+    """An outbox written by a newer bridge (a schema above SCHEMA_VERSION) is not opened, so this one cannot
+    corrupt it."""
     directory = tmp_path / "outbox"
     path = write_v1_database(directory, [])
     db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value = '3' WHERE name = 'schema_version'")
+    db.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     db.commit()
     db.close()
 

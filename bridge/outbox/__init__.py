@@ -8,6 +8,7 @@ from the config; they never name a backend.
 * ``model``: the plain data it takes and returns, and its errors.
 * ``policy``: the rules (priority, suppression, coalescing, expiry, replay) as plain functions.
 * ``health``: storage failures, and whether the outbox is fit for traffic.
+* ``trail``: what happened to each event (attempts, endings), its retention, as plain data and rules.
 * ``factory``: backend selection. ``sqlite``: the embedded backend.
 * ``dispatcher`` runs the delivery workers; ``pacing`` holds the rate limiter and circuit breaker.
 
@@ -37,9 +38,11 @@ from bridge.outbox.model import (
     ReplayResult,
 )
 from bridge.outbox.protocol import Outbox
+from bridge.outbox.trail import Attempt, Retention, TrailEvent, TrailFilter
 
 __all__ = [
     "DEAD_LETTER_FIELDS",
+    "Attempt",
     "ClaimResult",
     "Claimed",
     "DeadLetterFilter",
@@ -53,7 +56,10 @@ __all__ = [
     "OutboxUnavailable",
     "OutboxUnusable",
     "ReplayResult",
+    "Retention",
     "StorageHealth",
+    "TrailEvent",
+    "TrailFilter",
     "backend_name",
     "create_outbox",
     "open_outbox",

@@ -7,7 +7,7 @@ of its key; backlogs drain Ok first, then Critical, Warning, Info) and runs at m
 :class:`~bridge.outbox.pacing.CircuitBreaker` how many attempts may start. An
 attempt's :class:`Outcome` decides:
 
-* ok → the event is deleted and its key's next event may go;
+* ok → the event leaves the queue (the trail keeps it as delivered) and its key's next event may go;
 * retry → it stays at the head of its key and is tried again after a capped
   exponential backoff with jitter, or after ``Retry-After`` when that is longer;
   a 429 also pauses the whole destination (the limit is per integration key);
@@ -34,7 +34,11 @@ process: the outbox records them in its ``health`` (the bridge is not ready whil
 lasts), and each pass first probes the storage with a durable write; after a probe and
 a whole pass succeed, the outbox is healthy again. The gauges (pending, oldest age, dead
 letters) are refreshed after every pass, failed or not, so they keep telling the truth
-while writes fail.
+while writes fail; each refresh also prunes the trail (``Outbox.prune_trail``) to its retention.
+
+Every attempt becomes an :class:`~bridge.outbox.trail.Attempt` (time, outcome, HTTP status,
+Flashduty request_id, code, latency), recorded with the ``delivered`` / ``retry_later`` /
+``dead`` call it leads to, in the same transaction.
 
 The clock and the random source are injected, so pacing and backoff are testable
 without waiting.
@@ -56,6 +60,7 @@ from bridge.metrics import Metrics
 from bridge.outbox.model import Claimed, OutboxUnavailable
 from bridge.outbox.pacing import CircuitBreaker, CircuitState, RateLimiter
 from bridge.outbox.protocol import Outbox
+from bridge.outbox.trail import PRUNE_BATCH, Attempt
 
 log = logging.getLogger("bridge.outbox")
 
@@ -72,6 +77,8 @@ STATS_INTERVAL = 1.0
 UNKNOWN_SCAN_INTERVAL = 5.0
 #: Destination name used for events whose destination is no longer configured.
 UNKNOWN_DESTINATION = "unknown_destination"
+#: Most trail batches pruned per stats refresh (each its own short transaction).
+MAX_PRUNE_BATCHES = 50
 
 
 def lease_for(attempt_timeout: float) -> float:
@@ -104,6 +111,8 @@ class _Lane:
     key_rejected: bool = False
     #: Headroom the shared rate limit reported at its last reservation (None: in-process pacing).
     shared_headroom: dict[str, int] | None = None
+    #: The last attempt that failed (for the console's overview), or None.
+    last_error: Attempt | None = None
 
 
 class Dispatcher:
@@ -342,12 +351,19 @@ class Dispatcher:
                 self.metrics.rate_limit_headroom.labels(name, window).set(left)
         try:
             stats = await self.outbox.stats()
+            await self._prune()
         except OutboxUnavailable:
             return  # recorded by the outbox's health; the gauges keep their last known values
         self.metrics.outbox_depth.set(stats.pending)
         self.metrics.dead_letters.set(stats.dead)
         oldest = stats.oldest_pending_created_at
         self.metrics.outbox_oldest_age.set(max(0.0, now - oldest) if oldest is not None else 0.0)
+
+    async def _prune(self) -> None:
+        """Keep the trail within its retention: full batches mean more is due, up to a bound per refresh."""
+        for _ in range(MAX_PRUNE_BATCHES):
+            if await self.outbox.prune_trail() < PRUNE_BATCH:
+                return
 
     async def _deliver(self, lane: _Lane, event: Claimed) -> None:
         try:
@@ -363,21 +379,34 @@ class Dispatcher:
 
     async def _attempt(self, lane: _Lane, event: Claimed) -> None:
         destination = lane.destination
-        started = time.perf_counter()
+        started, at = time.perf_counter(), self._clock()
         try:
             outcome = await destination.send(event.body)
         finally:
             # Counted until answered: Flashduty saw it arrive by now, however slow the way there was.
             lane.limiter.stamp(self._clock())
+        took = time.perf_counter() - started
         metrics = self.metrics
-        metrics.child(metrics.attempt_duration, destination.name).observe(time.perf_counter() - started)
+        metrics.child(metrics.attempt_duration, destination.name).observe(took)
         metrics.child(metrics.attempts, destination.name, outcome.verdict.value, outcome.code).inc()
         self._pace(lane, outcome)
         shared = self.outbox.rate_limits
         if shared is not None and outcome.reason is Reason.RATE_LIMITED:
             # Every replica sends to this integration key: all of them pause.
             await shared.pause(destination.name, lane.limiter.paused_until)
-        await self._record(lane, event, outcome)
+        attempt = Attempt(
+            at,
+            outcome.verdict.value,
+            outcome.reason.value,
+            outcome.code,
+            took,
+            outcome.status,
+            outcome.request_id,
+            outcome.message,
+        )
+        if outcome.verdict is not Verdict.OK:
+            lane.last_error = attempt
+        await self._record(lane, event, outcome, attempt)
 
     def _pace(self, lane: _Lane, outcome: Outcome) -> None:
         """Feed the outcome to the destination's limiter and circuit breaker."""
@@ -400,10 +429,10 @@ class Dispatcher:
                 log.info("circuit for %s closed: it answers again", lane.destination.name)
             lane.circuit.succeeded()
 
-    async def _record(self, lane: _Lane, event: Claimed, outcome: Outcome) -> None:
+    async def _record(self, lane: _Lane, event: Claimed, outcome: Outcome, record: Attempt) -> None:
         destination, attempt = lane.destination.name, event.attempts + 1
         if outcome.verdict is Verdict.OK:
-            await self.outbox.delivered(event.id)
+            await self.outbox.delivered(event.id, record)
             latency = self.metrics.child(self.metrics.delivery_latency, destination)
             latency.observe(max(0.0, self._clock() - event.created_at))
             log.info(
@@ -427,7 +456,7 @@ class Dispatcher:
             delay = backoff_delay(attempt, self.config, self._rand)
             if outcome.retry_after is not None:
                 delay = max(delay, min(outcome.retry_after, self.config.retry_after_max))
-            await self.outbox.retry_later(event.id, self._clock() + delay, outcome.code, outcome.message)
+            await self.outbox.retry_later(event.id, self._clock() + delay, outcome.code, outcome.message, record)
             log.warning(
                 "attempt %d for %s %s to %s failed (%s): %s; retrying in %.1fs",
                 attempt,
@@ -439,7 +468,7 @@ class Dispatcher:
                 delay,
             )
         else:
-            await self.outbox.dead(event.id, outcome.code, outcome.message, outcome.request_id)
+            await self.outbox.dead(event.id, outcome.code, outcome.message, outcome.request_id, record)
             self.metrics.dead_lettered.labels(destination, outcome.code).inc()
             if outcome.reason is Reason.BAD_KEY and not lane.key_rejected:
                 lane.key_rejected = True

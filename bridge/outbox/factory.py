@@ -15,6 +15,7 @@ from bridge.config import DeliveryConfig, StorageConfig
 from bridge.outbox.model import OpenRefused
 from bridge.outbox.protocol import Outbox
 from bridge.outbox.sqlite import SqliteOutbox
+from bridge.outbox.trail import Retention
 
 Clock = Callable[[], float]
 
@@ -25,8 +26,14 @@ def _sqlite(storage: StorageConfig, delivery: DeliveryConfig, clock: Clock) -> O
         max_pending=storage.max_pending,
         max_age=delivery.retry_horizon,
         refresh_interval=delivery.refresh_interval,
+        retention=retention(storage),
         clock=clock,
     )
+
+
+def retention(storage: StorageConfig) -> Retention:
+    """The trail's retention, as every backend takes it."""
+    return Retention(storage.history.max_age, storage.history.max_events)
 
 
 def _postgresql(storage: StorageConfig, delivery: DeliveryConfig, clock: Clock) -> Outbox:

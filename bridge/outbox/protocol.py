@@ -17,6 +17,10 @@ Contract every backend keeps (``tests/test_outbox.py`` runs against each one):
   them, and ``rate_limits`` is the one rate limit they share.
 * Storage failures raise :class:`~bridge.outbox.model.OutboxUnavailable` and are recorded in
   ``health``; nothing is half-committed.
+* The trail (:mod:`bridge.outbox.trail`): every event put gets a trail row, suppressed repeats
+  included, with an id in commit order; an attempt record is written in the same transaction
+  as the ``delivered`` / ``retry_later`` / ``dead`` it led to; finished events are kept under
+  the backend's :class:`~bridge.outbox.trail.Retention` and removed by ``prune_trail``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any, Protocol
 from bridge.outbox.health import StorageHealth
 from bridge.outbox.model import ClaimResult, DeadLetterFilter, NewEvent, OutboxStats, ReplayResult
 from bridge.outbox.pacing import SharedRateLimits
+from bridge.outbox.trail import Attempt, TrailEvent, TrailFilter
 
 
 class Outbox(Protocol):
@@ -66,11 +71,13 @@ class Outbox(Protocol):
 
     # -- intake ------------------------------------------------------------------------
 
-    async def put(self, events: Sequence[NewEvent]) -> list[bool]:
+    async def put(self, events: Sequence[NewEvent], *, request_id: str | None = None) -> list[bool]:
         """Commit all events durably, in order, or none (raise :class:`OutboxUnavailable`).
 
         Returns, per event, whether it was stored (False: suppressed as an unchanged repeat).
         Raises :class:`OutboxFull` when the request does not fit under ``max_pending``.
+        Every event, stored or suppressed, gets a trail row naming ``request_id`` (the
+        inbound request's, as the sender was answered).
         """
 
     async def save_passthrough_key(self, destination: str, integration_key: str) -> None:
@@ -94,20 +101,29 @@ class Outbox(Protocol):
         Heads past ``max_age`` become ``expired`` dead letters on the way.
         """
 
-    async def delivered(self, event_id: int) -> None:
-        """The destination accepted the event: forget it, and let its key's next event go."""
+    async def delivered(self, event_id: int, attempt: Attempt | None = None) -> None:
+        """The destination accepted the event: it leaves the queue (the trail keeps it as delivered),
+        and its key's next event may go. ``attempt`` is recorded in the same transaction."""
 
-    async def retry_later(self, event_id: int, at: float, code: str, error: str) -> None:
-        """Keep the event at the head of its key; try again at ``at`` (Unix seconds)."""
+    async def retry_later(
+        self, event_id: int, at: float, code: str, error: str, attempt: Attempt | None = None
+    ) -> None:
+        """Keep the event at the head of its key; try again at ``at`` (Unix seconds); record ``attempt``."""
 
-    async def dead(self, event_id: int, code: str, error: str, request_id: str | None) -> None:
-        """Park the event as a dead letter, kept with the reason for replay."""
+    async def dead(
+        self, event_id: int, code: str, error: str, request_id: str | None, attempt: Attempt | None = None
+    ) -> None:
+        """Park the event as a dead letter, kept with the reason for replay; record ``attempt``
+        (without one, a ``parked`` step with ``code`` and ``error``)."""
 
     async def next_due(self, destination: str | None = None) -> float | None:
         """When the next claimable event (of ``destination``, or any) is due, or None when nothing waits."""
 
     async def stats(self) -> OutboxStats:
         """Pending and dead counts, and when the oldest pending event was accepted."""
+
+    async def stats_by_destination(self) -> dict[str, OutboxStats]:
+        """``stats`` per destination that has pending or dead events."""
 
     # -- dead letters ------------------------------------------------------------------
 
@@ -121,4 +137,19 @@ class Outbox(Protocol):
         """
 
     async def purge(self, where: DeadLetterFilter) -> int:
-        """Delete dead letters for good; returns how many."""
+        """Delete dead letters for good (the trail keeps them as ``purged``); returns how many."""
+
+    # -- the trail ---------------------------------------------------------------------
+
+    async def trail(self, where: TrailFilter) -> list[TrailEvent]:
+        """Events matching ``where`` (any outcome), newest first, up to ``where.limit``.
+
+        A scan over many events reads them in short slices, so it never holds up intake.
+        """
+
+    async def trail_event(self, event_id: int) -> TrailEvent | None:
+        """One event of the trail, or None when it is unknown or pruned."""
+
+    async def prune_trail(self) -> int:
+        """Delete up to :data:`~bridge.outbox.trail.PRUNE_BATCH` finished events past the retention
+        (see :func:`~bridge.outbox.trail.prunable`); returns how many."""

@@ -48,11 +48,12 @@ class OutboxBackend(Protocol):
     def make(self, **options: Any) -> Outbox:
         """A new, unopened outbox on this backend's storage (the same storage every time).
 
-        ``options``: ``max_pending`` (required), ``max_age``, ``refresh_interval``, ``clock``.
+        ``options``: ``max_pending`` (required), ``max_age``, ``refresh_interval``, ``retention``, ``clock``.
         """
 
     def events(self) -> list[dict[str, Any]]:
-        """Every stored event (pending or dead) in commit order, with :data:`EVENT_COLUMNS`, read independently."""
+        """Every event in the outbox (pending or dead, not the trail's finished ones) in commit order, with
+        :data:`EVENT_COLUMNS`, read independently."""
 
 
 class SqliteBackend:
@@ -72,7 +73,12 @@ class SqliteBackend:
         db = sqlite3.connect(self.path)
         try:
             db.row_factory = sqlite3.Row
-            return [dict(row) for row in db.execute(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events ORDER BY id")]
+            return [
+                dict(row)
+                for row in db.execute(
+                    f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE state IN ('pending', 'dead') ORDER BY id"
+                )
+            ]
         finally:
             db.close()
 

@@ -33,6 +33,12 @@ leases, ``created_at``) is on the server's clock, so replicas with skewed clocks
 leases. Callers keep using their own clock: ``retry_later``'s ``at`` and ``next_due`` are
 converted at the edge. A test can inject ``clock`` instead (then it is used as it is).
 
+**The trail** (:mod:`bridge.outbox.trail`) is not kept on PostgreSQL yet: ``put`` takes the inbound
+``request_id`` and the record calls take an ``attempt`` as the protocol says, but neither is stored,
+delivered events are deleted, ``trail``/``trail_event`` find nothing and ``prune_trail`` has nothing
+to do. That is the follow-up of issue 15 (schema migration 2: the trail's columns, and its steps in
+``put``, ``outbox_delivered``, ``retry_later``, ``park``, replay and purge).
+
 **Faults.** A database that does not answer at ``open`` is an :class:`OpenRefused` naming the
 database without its password (``serve`` exits 74). While running, every failed operation
 is recorded in ``health`` (not ready, intake 503) and raised as :class:`OutboxUnavailable`;
@@ -76,6 +82,7 @@ from bridge.outbox.postgres.dsn import display, secrets
 from bridge.outbox.postgres.queries import Conn
 from bridge.outbox.postgres.schema import migrate
 from bridge.outbox.postgres.writer import GroupWriter, Outcome
+from bridge.outbox.trail import Attempt, TrailEvent, TrailFilter
 
 T = TypeVar("T")
 
@@ -318,7 +325,7 @@ class PostgresOutbox:
 
     # -- intake --------------------------------------------------------------------------
 
-    async def put(self, events: Sequence[NewEvent]) -> list[bool]:
+    async def put(self, events: Sequence[NewEvent], *, request_id: str | None = None) -> list[bool]:
         if not events:
             return []
         if self._pool is None:
@@ -468,7 +475,7 @@ class PostgresOutbox:
         self._pending -= len(done)
         return done
 
-    async def delivered(self, event_id: int) -> None:
+    async def delivered(self, event_id: int, attempt: Attempt | None = None) -> None:
         key = self._claimed.pop(event_id, None)
         if key is None:
             key = await self._run("record", lambda conn: queries.key_of(conn, event_id))
@@ -483,12 +490,16 @@ class PostgresOutbox:
         except DATABASE_ERRORS as exc:
             raise self._failed("record", exc) from None
 
-    async def retry_later(self, event_id: int, at: float, code: str, error: str) -> None:
+    async def retry_later(
+        self, event_id: int, at: float, code: str, error: str, attempt: Attempt | None = None
+    ) -> None:
         self._claimed.pop(event_id, None)
         due = self._db(at)
         await self._run("record", lambda conn: queries.retry_later(conn, event_id, due, code, error))
 
-    async def dead(self, event_id: int, code: str, error: str, request_id: str | None) -> None:
+    async def dead(
+        self, event_id: int, code: str, error: str, request_id: str | None, attempt: Attempt | None = None
+    ) -> None:
         key = self._claimed.pop(event_id, None)
         if key is None:
             key = await self._run("record", lambda conn: queries.key_of(conn, event_id))
@@ -516,6 +527,24 @@ class PostgresOutbox:
         with contextlib.suppress(*DATABASE_ERRORS):
             await self._keep_listening()
         return OutboxStats(pending, dead, None if oldest is None else self._local(oldest))
+
+    async def stats_by_destination(self) -> dict[str, OutboxStats]:
+        rows = await self._run("read", queries.stats_by_destination)
+        return {
+            destination: OutboxStats(pending, dead, None if oldest is None else self._local(oldest))
+            for destination, pending, dead, oldest in rows
+        }
+
+    # -- the trail (not kept on PostgreSQL yet: see the module's docstring) -------------
+
+    async def trail(self, where: TrailFilter) -> list[TrailEvent]:
+        return []
+
+    async def trail_event(self, event_id: int) -> TrailEvent | None:
+        return None
+
+    async def prune_trail(self) -> int:
+        return 0
 
     # -- dead letters --------------------------------------------------------------------
 

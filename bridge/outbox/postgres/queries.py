@@ -375,6 +375,16 @@ async def stats(conn: Conn) -> tuple[int, int, float | None, float]:
     return int(row[0]), int(row[1]), row[2], float(row[3])
 
 
+async def stats_by_destination(conn: Conn) -> list[tuple[str, int, int, float | None]]:
+    """Per destination with pending or dead events: (destination, pending, dead, oldest pending created_at)."""
+    rows = await conn.fetch(
+        "SELECT destination, count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'dead'),"
+        " (array_agg(created_at ORDER BY id) FILTER (WHERE state = 'pending'))[1]"
+        " FROM outbox_events GROUP BY destination ORDER BY destination"
+    )
+    return [(r[0], int(r[1]), int(r[2]), r[3]) for r in rows]
+
+
 # -- dead letters ------------------------------------------------------------------------
 
 
@@ -454,9 +464,7 @@ async def replay(conn: Conn, now: float, where: DeadLetterFilter, force: bool) -
         if verdict is policy.ReplayVerdict.SUPERSEDED:
             result.superseded.append(event_id)
             continue
-        await conn.execute(
-            "UPDATE outbox_events SET state = 'pending', dead_at = NULL WHERE id = $1", event_id
-        )
+        await conn.execute("UPDATE outbox_events SET state = 'pending', dead_at = NULL WHERE id = $1", event_id)
         # The replayed event is older than anything pending for its key, or it is alone.
         await conn.execute(
             "INSERT INTO outbox_heads AS h (destination, alert_key, event_id, priority, next_attempt_at)"

@@ -14,6 +14,7 @@ and the group-commit writer. Reads and dead-letter operations run on the outbox 
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -32,9 +33,10 @@ from bridge.outbox.model import (
     ReplayResult,
 )
 from bridge.outbox.sqlite.integrity import DirectoryLock, check_database, check_file, damaged, is_damage
-from bridge.outbox.sqlite.queries import Queries
+from bridge.outbox.sqlite.queries import TRAIL_SLICE, Queries
 from bridge.outbox.sqlite.schema import prepare
 from bridge.outbox.sqlite.writer import GroupWriter
+from bridge.outbox.trail import Attempt, Retention, TrailEvent, TrailFilter, attempt_step, step
 
 T = TypeVar("T")
 
@@ -51,6 +53,7 @@ class SqliteOutbox:
         max_pending: int,
         max_age: float | None = None,
         refresh_interval: float = 0.0,
+        retention: Retention | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.directory = directory
@@ -61,7 +64,11 @@ class SqliteOutbox:
         self._db: sqlite3.Connection | None = None
         self._lock = DirectoryLock(directory)
         self._queries = Queries(
-            max_pending=max_pending, max_age=max_age, refresh_interval=refresh_interval, clock=clock
+            max_pending=max_pending,
+            max_age=max_age,
+            refresh_interval=refresh_interval,
+            clock=clock,
+            retention=retention,
         )
         self._writer = GroupWriter(lambda: self._db, self._queries, self.health, clock)
         self._closed = False
@@ -158,10 +165,10 @@ class SqliteOutbox:
 
     # -- intake ------------------------------------------------------------------------
 
-    async def put(self, events: Sequence[NewEvent]) -> list[bool]:
+    async def put(self, events: Sequence[NewEvent], *, request_id: str | None = None) -> list[bool]:
         if not events:
             return []
-        stored = await self._writer.put(events)
+        stored = await self._writer.put(events, request_id)
         if stored is None:
             raise OutboxFull(f"outbox holds {self.max_pending} pending events")
         return stored
@@ -194,15 +201,23 @@ class SqliteOutbox:
         result: ClaimResult = await self._writer.write("claim", work)
         return result
 
-    async def delivered(self, event_id: int) -> None:
-        await self._writer.write("record", lambda db, now: self._queries.delivered(db, now, event_id))
+    async def delivered(self, event_id: int, attempt: Attempt | None = None) -> None:
+        await self._writer.write("record", lambda db, now: self._queries.delivered(db, now, event_id, attempt))
 
-    async def retry_later(self, event_id: int, at: float, code: str, error: str) -> None:
-        await self._writer.write("record", lambda db, now: self._queries.retry_later(db, event_id, at, code, error))
-
-    async def dead(self, event_id: int, code: str, error: str, request_id: str | None) -> None:
+    async def retry_later(
+        self, event_id: int, at: float, code: str, error: str, attempt: Attempt | None = None
+    ) -> None:
         def work(db: sqlite3.Connection, now: float) -> None:
-            self._queries.park(db, event_id, code, error, request_id, now)
+            self._queries.retry_later(db, event_id, at, code, error, attempt)
+
+        await self._writer.write("record", work)
+
+    async def dead(
+        self, event_id: int, code: str, error: str, request_id: str | None, attempt: Attempt | None = None
+    ) -> None:
+        def work(db: sqlite3.Connection, now: float) -> None:
+            note = attempt_step(attempt) if attempt is not None else step("parked", now, code=code, message=error)
+            self._queries.park(db, event_id, code, error, request_id, now, note)
 
         await self._writer.write("record", work)
 
@@ -212,6 +227,9 @@ class SqliteOutbox:
     async def stats(self) -> OutboxStats:
         pending, dead, oldest = await self._read("read", self._queries.stats)
         return OutboxStats(pending=pending, dead=dead, oldest_pending_created_at=oldest)
+
+    async def stats_by_destination(self) -> dict[str, OutboxStats]:
+        return await self._read("read", self._queries.stats_by_destination)
 
     # -- dead letters ------------------------------------------------------------------
 
@@ -230,4 +248,33 @@ class SqliteOutbox:
 
     async def purge(self, where: DeadLetterFilter) -> int:
         """Delete dead letters for good; returns how many."""
-        return await self._admin(lambda db: self._queries.purge(db, where))
+        now = self._clock()
+        return await self._admin(lambda db: self._queries.purge(db, now, where))
+
+    # -- the trail ---------------------------------------------------------------------
+
+    async def trail(self, where: TrailFilter) -> list[TrailEvent]:
+        """Newest first. With an ``alert_key`` one indexed read; without, slices of ``TRAIL_SLICE`` ids,
+        each its own read, so puts and acks commit in between."""
+        low, high = await self._read("read", lambda db: self._queries.trail_bounds(db, where.since))
+        if where.before_id is not None:
+            high = min(high, where.before_id - 1)
+        found: list[TrailEvent] = []
+        while high >= low and len(found) < where.limit:
+            start = low if where.alert_key is not None else max(low, high - TRAIL_SLICE + 1)
+            found += await self._read("read", functools.partial(self._trail_slice, where, start, high, len(found)))
+            high = start - 1
+        return found
+
+    def _trail_slice(
+        self, where: TrailFilter, low: int, high: int, found: int, db: sqlite3.Connection
+    ) -> list[TrailEvent]:
+        return self._queries.trail_slice(db, where, low, high, where.limit - found)
+
+    async def trail_event(self, event_id: int) -> TrailEvent | None:
+        return await self._read("read", lambda db: self._queries.trail_event(db, event_id))
+
+    async def prune_trail(self) -> int:
+        """On the outbox thread, in a transaction of its own: a batch of deletes stays off the event loop."""
+        now = self._clock()
+        return await self._admin(lambda db: self._queries.prune_trail(db, now))

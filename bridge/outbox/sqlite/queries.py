@@ -13,39 +13,65 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bridge.outbox import policy
-from bridge.outbox.model import DEAD_LETTER_FIELDS, Claimed, ClaimResult, DeadLetterFilter, NewEvent, ReplayResult
+from bridge.outbox import policy, trail
+from bridge.outbox.model import (
+    DEAD_LETTER_FIELDS,
+    Claimed,
+    ClaimResult,
+    DeadLetterFilter,
+    NewEvent,
+    OutboxStats,
+    ReplayResult,
+)
 from bridge.outbox.sqlite.schema import PRIORITY_SQL
+from bridge.outbox.trail import Retention, TrailEvent, TrailFilter
 
 #: Keys per ``IN (...)`` list, well under SQLite's limit on bound parameters.
 KEYS_PER_QUERY = 500
 #: What a probe writes: a storage that takes this much again is worth trying a request on.
 PROBE_BYTES = 16384
+#: ``trail.append_step`` in SQL: ``steps`` with the step bound as ``?1`` appended (NULL: unchanged).
+APPEND_STEP = (
+    "CASE WHEN ?1 IS NULL THEN steps"
+    f" WHEN json_array_length(steps) < {trail.MAX_STEPS} THEN json_insert(steps, '$[#]', json(?1))"
+    " ELSE json_replace(steps, '$[#-1]', json(?1)) END"
+)
+#: Ids a trail scan without an alert_key reads per slice (one short read on the outbox thread).
+TRAIL_SLICE = 4000
+#: A request with several events: their trail rows name it.
+Request = tuple[Sequence[NewEvent], str | None]
 
 
 class Queries:
     """Every statement of the SQLite outbox, and its count of pending events."""
 
     def __init__(
-        self, *, max_pending: int, max_age: float | None, refresh_interval: float, clock: Callable[[], float]
+        self,
+        *,
+        max_pending: int,
+        max_age: float | None,
+        refresh_interval: float,
+        clock: Callable[[], float],
+        retention: Retention | None = None,
     ) -> None:
         self.max_pending = max_pending
         self.max_age = max_age
         self.refresh_interval = refresh_interval
+        self.retention = retention or Retention()
         self._clock = clock
         self.pending = 0
 
     # -- intake ------------------------------------------------------------------------
 
-    def insert(self, db: sqlite3.Connection, requests: list[Sequence[NewEvent]], now: float) -> list[list[bool] | None]:
+    def insert(self, db: sqlite3.Connection, requests: list[Request], now: float) -> list[list[bool] | None]:
         """Insert several requests' events in one pass; per request, what was stored (None: no room).
 
         :func:`policy.admit` decides; the statements run once per batch (``executemany``), not
-        once per event.
+        once per event. A suppressed repeat is inserted as ``suppressed`` (finished), for the trail.
         """
-        states = self._accepted_states(db, {(e.destination, e.alert_key) for events in requests for e in events})
+        states = self._accepted_states(db, {(e.destination, e.alert_key) for events, _ in requests for e in events})
         admission = policy.admit(
-            requests,
+            [events for events, _ in requests],
             states,
             pending=self.pending,
             max_pending=self.max_pending,
@@ -53,24 +79,36 @@ class Queries:
             now=now,
         )
         self.pending += admission.added
-        if admission.stored:
-            (newest,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+        # Stored and suppressed events in commit order, one statement: ids follow that order.
+        rows = [
+            (e.destination, e.alert_key, e.source, e.event_status, e.body, now, now, request_id)
+            + (("pending", None) if kept else (trail.SUPPRESSED, now))
+            for (events, request_id), stored in zip(requests, admission.results, strict=True)
+            if stored is not None
+            for e, kept in zip(events, stored, strict=True)
+        ]
+        if not rows:
+            return admission.results
+        (newest,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+        if admission.accepted:
             db.executemany(
                 "INSERT INTO key_state (destination, alert_key, accepted_digest, accepted_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT DO UPDATE SET accepted_digest = excluded.accepted_digest,"
                 " accepted_at = excluded.accepted_at",
                 [(*key, digest, now) for key, digest in admission.accepted.items()],
             )
-            db.executemany(
-                "INSERT INTO events (destination, alert_key, source, event_status, body, created_at, next_attempt_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(e.destination, e.alert_key, e.source, e.event_status, e.body, now, now) for e in admission.stored],
-            )
+        db.executemany(
+            "INSERT INTO events (destination, alert_key, source, event_status, body, created_at, next_attempt_at,"
+            " inbound_request, state, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        if admission.added:
             # AUTOINCREMENT ids only grow, so the new events are those above the old maximum. In id
-            # order, the first new event of a key without pending events becomes its head.
+            # order, the first new pending event of a key without pending events becomes its head.
             db.execute(
                 "INSERT OR IGNORE INTO heads (destination, alert_key, event_id, priority, next_attempt_at)"
-                f" SELECT destination, alert_key, id, {PRIORITY_SQL}, ? FROM events WHERE id > ? ORDER BY id",
+                f" SELECT destination, alert_key, id, {PRIORITY_SQL}, ? FROM events"
+                " WHERE id > ? AND state = 'pending' ORDER BY id",
                 (now, newest),
             )
         return admission.results
@@ -156,12 +194,18 @@ class Queries:
                 event = Claimed(*row)
                 if self.max_age is not None and policy.is_expired(event.created_at, now, self.max_age):
                     message = policy.expiry_message(self.max_age)
-                    self.park(db, event.id, policy.EXPIRED, message, None, now, attempted=False)
+                    note = trail.step(policy.EXPIRED, now, message=message)
+                    self.park(db, event.id, policy.EXPIRED, message, None, now, note, attempted=False)
                     expired.append(event)
                     continue
-                if coalesce and policy.superseded_by(event.event_status, self._next_status(db, event)):
+                following = self._next(db, event) if coalesce else None
+                if following is not None and policy.superseded_by(event.event_status, following[1]):
                     # A newer firing state of the same key is queued behind this one: send that instead.
-                    db.execute("DELETE FROM events WHERE id = ?", (event.id,))
+                    db.execute(
+                        f"UPDATE events SET state = '{trail.COALESCED}', finished_at = ?2, steps = {APPEND_STEP}"
+                        " WHERE id = ?3",
+                        (trail.step(trail.COALESCED, now, by=following[0]), now, event.id),
+                    )
                     self.pending -= 1
                     self._advance(db, event.destination, event.alert_key, now)
                     coalesced += 1
@@ -175,16 +219,16 @@ class Queries:
         return ClaimResult(events, coalesced, expired, next_due)
 
     @staticmethod
-    def _next_status(db: sqlite3.Connection, event: Claimed) -> str | None:
-        """The status of the pending event right behind ``event`` in its key, if any."""
+    def _next(db: sqlite3.Connection, event: Claimed) -> tuple[int, str] | None:
+        """The id and status of the pending event right behind ``event`` in its key, if any."""
         if event.event_status == "Ok":
             return None  # an Ok is never superseded: no need to look
         row = db.execute(
-            "SELECT event_status FROM events WHERE destination = ? AND alert_key = ? AND state = 'pending' AND id > ?"
-            " ORDER BY id LIMIT 1",
+            "SELECT id, event_status FROM events WHERE destination = ? AND alert_key = ? AND state = 'pending'"
+            " AND id > ? ORDER BY id LIMIT 1",
             (event.destination, event.alert_key, event.id),
         ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else (int(row[0]), str(row[1]))
 
     @staticmethod
     def _advance(db: sqlite3.Connection, destination: str, alert_key: str, now: float) -> None:
@@ -210,11 +254,20 @@ class Queries:
         ).fetchone()
         return (row[0], row[1]) if row else None
 
-    def delivered(self, db: sqlite3.Connection, now: float, event_id: int) -> None:
+    def delivered(self, db: sqlite3.Connection, now: float, event_id: int, attempt: trail.Attempt | None) -> None:
         key = self._key_of(db, event_id)
         if key is None:
             return
-        db.execute("DELETE FROM events WHERE id = ?", (event_id,))
+        db.execute(
+            f"UPDATE events SET state = '{trail.DELIVERED}', finished_at = ?2, attempts = attempts + 1,"
+            f" request_id = ?3, steps = {APPEND_STEP} WHERE id = ?4",
+            (
+                None if attempt is None else trail.attempt_step(attempt),
+                now,
+                None if attempt is None else attempt.request_id,
+                event_id,
+            ),
+        )
         self.pending -= 1
         db.execute(
             "INSERT INTO key_state (destination, alert_key, delivered_id, delivered_at) VALUES (?, ?, ?, ?)"
@@ -224,10 +277,13 @@ class Queries:
         self._advance(db, *key, now)
 
     @staticmethod
-    def retry_later(db: sqlite3.Connection, event_id: int, at: float, code: str, error: str) -> None:
+    def retry_later(
+        db: sqlite3.Connection, event_id: int, at: float, code: str, error: str, attempt: trail.Attempt | None
+    ) -> None:
         db.execute(
-            "UPDATE events SET attempts = attempts + 1, last_code = ?, last_error = ? WHERE id = ?",
-            (code, error, event_id),
+            f"UPDATE events SET attempts = attempts + 1, last_code = ?2, last_error = ?3, steps = {APPEND_STEP}"
+            " WHERE id = ?4 AND state = 'pending'",
+            (None if attempt is None else trail.attempt_step(attempt), code, error, event_id),
         )
         db.execute(
             "UPDATE heads SET next_attempt_at = ?, lease_until = 0 WHERE event_id = ?"
@@ -243,17 +299,18 @@ class Queries:
         error: str,
         request_id: str | None,
         now: float,
+        note: str,
         *,
         attempted: bool = True,
     ) -> None:
-        """Make a pending event a dead letter and let its key's next event go."""
+        """Make a pending event a dead letter and let its key's next event go; ``note`` is its step."""
         key = self._key_of(db, event_id)
         if key is None:
             return
         db.execute(
-            "UPDATE events SET state = 'dead', attempts = attempts + ?, last_code = ?, last_error = ?,"
-            " request_id = ?, dead_at = ? WHERE id = ?",
-            (int(attempted), code, error, request_id, now, event_id),
+            "UPDATE events SET state = 'dead', attempts = attempts + ?2, last_code = ?3, last_error = ?4,"
+            f" request_id = ?5, dead_at = ?6, steps = {APPEND_STEP} WHERE id = ?7",
+            (note, int(attempted), code, error, request_id, now, event_id),
         )
         self.pending -= 1
         self._advance(db, *key, now)
@@ -275,6 +332,22 @@ class Queries:
         ).fetchone()
         dead: int = db.execute("SELECT COUNT(*) FROM events WHERE state = 'dead'").fetchone()[0]
         return self.pending, dead, oldest[0] if oldest else None
+
+    @staticmethod
+    def stats_by_destination(db: sqlite3.Connection) -> dict[str, OutboxStats]:
+        pending = db.execute(
+            "SELECT destination, COUNT(*), MIN(id) FROM events WHERE state = 'pending' GROUP BY destination"
+        ).fetchall()
+        dead = dict(
+            db.execute("SELECT destination, COUNT(*) FROM events WHERE state = 'dead' GROUP BY destination").fetchall()
+        )
+        found: dict[str, OutboxStats] = {}
+        for destination, count, oldest_id in pending:
+            (oldest,) = db.execute("SELECT created_at FROM events WHERE id = ?", (oldest_id,)).fetchone()
+            found[destination] = OutboxStats(count, dead.pop(destination, 0), oldest)
+        for destination, count in dead.items():
+            found[destination] = OutboxStats(0, count, None)
+        return found
 
     # -- dead letters ------------------------------------------------------------------
 
@@ -333,7 +406,10 @@ class Queries:
                 result.superseded.append(event_id)
                 continue
             # attempts keeps counting: the history of what Flashduty was sent stays true.
-            db.execute("UPDATE events SET state = 'pending', dead_at = NULL WHERE id = ?", (event_id,))
+            db.execute(
+                f"UPDATE events SET state = 'pending', dead_at = NULL, steps = {APPEND_STEP} WHERE id = ?2",
+                (trail.step(trail.REPLAYED, now, forced=force), event_id),
+            )
             self.pending += 1
             # The replayed event is older than anything pending for its key, or it is alone.
             db.execute(
@@ -346,11 +422,87 @@ class Queries:
             result.replayed.append(event_id)
         return result
 
-    def purge(self, db: sqlite3.Connection, where: DeadLetterFilter) -> int:
+    def purge(self, db: sqlite3.Connection, now: float, where: DeadLetterFilter) -> int:
+        """Dead letters leave the outbox for good; the trail keeps them as ``purged`` until its retention ends."""
         condition, args = self._dead_where(where)
         ids = [
             row[0]
             for row in db.execute(f"SELECT id FROM events WHERE {condition} ORDER BY id LIMIT ?", (*args, where.limit))
         ]
+        note = trail.step(trail.PURGED, now)
+        db.executemany(
+            f"UPDATE events SET state = '{trail.PURGED}', finished_at = ?2, steps = {APPEND_STEP} WHERE id = ?3",
+            [(note, now, i) for i in ids],
+        )
+        return len(ids)
+
+    # -- the trail ---------------------------------------------------------------------
+
+    def prune_trail(self, db: sqlite3.Connection, now: float) -> int:
+        """Delete up to ``trail.PRUNE_BATCH`` finished events past the retention, oldest first."""
+        query = "SELECT id, finished_at FROM events WHERE finished_at IS NOT NULL ORDER BY id LIMIT ?"
+        (newest,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+        # Most calls find nothing due: look at the oldest finished event before reading a batch.
+        if not trail.prunable(db.execute(query, (1,)).fetchall(), newest_id=newest, now=now, retention=self.retention):
+            return 0
+        oldest = db.execute(query, (trail.PRUNE_BATCH,)).fetchall()
+        ids = trail.prunable(oldest, newest_id=newest, now=now, retention=self.retention)
         db.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in ids])
         return len(ids)
+
+    @staticmethod
+    def trail_bounds(db: sqlite3.Connection, since: float | None) -> tuple[int, int]:
+        """``(low, high)``: the ids a trail scan covers, ``low`` the first that arrived at or after ``since``.
+
+        Ids follow commit order and so, but for clock steps, arrival time: a binary search over
+        the primary key finds ``low`` in a few lookups instead of a scan.
+        """
+        low, high = db.execute("SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM events").fetchone()
+        if since is None or high == 0:
+            return low, high
+        first, last = low, high + 1
+        while first < last:
+            middle = (first + last) // 2
+            row = db.execute(
+                "SELECT id, created_at FROM events WHERE id >= ? ORDER BY id LIMIT 1", (middle,)
+            ).fetchone()
+            if row is None or row[1] >= since:
+                last = middle
+            else:
+                first = row[0] + 1
+        return first, high
+
+    @staticmethod
+    def trail_slice(db: sqlite3.Connection, where: TrailFilter, low: int, high: int, limit: int) -> list[TrailEvent]:
+        """Events matching ``where`` with ids in ``[low, high]``, newest first, up to ``limit``."""
+        clauses = ["id BETWEEN ? AND ?"]
+        args: list[Any] = [low, high]
+        for column, value in (
+            ("alert_key", where.alert_key),
+            ("destination", where.destination),
+            ("event_status", where.event_status),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        if where.outcome == trail.REPLAYED:
+            clauses.append('instr(steps, \'"kind":"replayed"\') > 0')
+        elif where.outcome is not None:
+            clauses.append("state = ?")
+            args.append(where.outcome)
+        if where.since is not None:
+            clauses.append("created_at >= ?")
+            args.append(where.since)
+        for name, value in where.labels:
+            clauses.append("json_extract(body, ?) = ?")
+            args += [trail.label_path(name), value]
+        rows = db.execute(
+            f"SELECT {', '.join(trail.ROW_FIELDS)} FROM events WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [trail.event_from_row(row) for row in rows]
+
+    @staticmethod
+    def trail_event(db: sqlite3.Connection, event_id: int) -> TrailEvent | None:
+        row = db.execute(f"SELECT {', '.join(trail.ROW_FIELDS)} FROM events WHERE id = ?", (event_id,)).fetchone()
+        return None if row is None else trail.event_from_row(row)

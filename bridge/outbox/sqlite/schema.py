@@ -2,8 +2,11 @@
 
 Tables:
 
-* ``events``: every accepted event (pending, or dead with its reason). Delivered
-  events are deleted.
+* ``events``: every event the outbox was given, and its trail (see
+  :mod:`bridge.outbox.trail`): ``state`` is pending or dead (the outbox proper), or
+  delivered, suppressed, coalesced or purged (finished: ``finished_at`` is set, and
+  ``prune_trail`` deletes it once past the retention). ``steps`` is a JSON array of what
+  happened to it (attempts, replays...); ``inbound_request`` the request_id the sender got.
 * ``heads``: one row per ``(destination, alert_key)`` with pending events, naming
   the oldest one. Only heads can be claimed, which is what makes delivery per key
   strictly FIFO; claims scan heads (keys), never the whole backlog.
@@ -19,7 +22,8 @@ recognised by their tables and get it on their next open.
 
 :func:`prepare` runs once per open, holding the directory lock, after the file passed
 :mod:`~bridge.outbox.sqlite.integrity`'s checks. It is idempotent: schema 1 is
-migrated to 2, schema 2 is left as it is, a newer schema is refused.
+migrated to 2, schema 2 to 3 (the trail's columns and indexes: a delivered event is
+kept as ``delivered`` instead of deleted), schema 3 is left as it is, a newer schema is refused.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 from bridge.outbox.model import OutboxUnusable
 from bridge.outbox.policy import LOWEST_PRIORITY, PRIORITY
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: "FDbr" in the file header: this SQLite file is a flashduty-bridge outbox.
 APPLICATION_ID = int.from_bytes(b"FDbr", "big")
 #: Every table an outbox has had (sqlite_sequence comes with AUTOINCREMENT).
@@ -87,6 +91,19 @@ CREATE TABLE IF NOT EXISTS key_state (
 ) WITHOUT ROWID;
 """
 
+#: Schema 3: the trail. Columns are added to ``events`` when missing (``ALTER TABLE`` is not idempotent).
+_TRAIL_COLUMNS = {
+    "inbound_request": "TEXT",
+    "finished_at": "REAL",
+    "steps": "TEXT NOT NULL DEFAULT '[]'",
+}
+_SCHEMA_3 = """
+-- "What happened to alert_key K": every event of a key, newest first.
+CREATE INDEX IF NOT EXISTS events_by_key ON events (alert_key, id);
+-- Pruning walks finished events from the oldest; covering, so it reads no row.
+CREATE INDEX IF NOT EXISTS events_finished ON events (id, finished_at) WHERE finished_at IS NOT NULL;
+"""
+
 #: ``policy.priority`` in SQL, over a column named ``event_status``.
 PRIORITY_SQL = (
     f"CASE event_status {' '.join(f'WHEN {s!r} THEN {p}' for s, p in PRIORITY.items())} ELSE {LOWEST_PRIORITY} END"
@@ -113,6 +130,11 @@ def prepare(db: sqlite3.Connection, path: Path) -> int:
             " run the newer bridge version on it"
         )
     db.executescript(_SCHEMA_2)  # idempotent; executescript commits, so it runs before BEGIN
+    columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+    for name, definition in _TRAIL_COLUMNS.items():
+        if name not in columns:
+            db.execute(f"ALTER TABLE events ADD COLUMN {name} {definition}")
+    db.executescript(_SCHEMA_3)
     db.execute("BEGIN IMMEDIATE")
     if version == 1:
         # Schema 1 kept the schedule on events; build the heads from it.

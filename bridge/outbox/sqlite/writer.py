@@ -58,6 +58,8 @@ class _Write:
     work: Work | None = None
     #: A put: the events of one request, inserted together with the puts next to it.
     events: Sequence[NewEvent] = ()
+    #: A put: the inbound request's id, for the trail.
+    request_id: str | None = None
 
     @property
     def durable(self) -> bool:
@@ -145,9 +147,10 @@ class GroupWriter:
 
     # -- group commit --------------------------------------------------------------------
 
-    async def put(self, events: Sequence[NewEvent]) -> list[bool] | None:
+    async def put(self, events: Sequence[NewEvent], request_id: str | None = None) -> list[bool] | None:
         """Commit one request's events with the puts next to it; None: no room under max_pending."""
-        result: list[bool] | None = await self._enqueue(_Write("put", self._future(), events=events))
+        write = _Write("put", self._future(), events=events, request_id=request_id)
+        result: list[bool] | None = await self._enqueue(write)
         return result
 
     async def write(self, operation: Operation, work: Work) -> Any:
@@ -227,7 +230,7 @@ class GroupWriter:
                     end = start
                     while end < len(batch) and batch[end].operation == "put":
                         end += 1
-                    results += self._queries.insert(db, [write.events for write in batch[start:end]], now)
+                    results += self._queries.insert(db, [(w.events, w.request_id) for w in batch[start:end]], now)
                     start = end
                 else:
                     results.append(batch[start].work(db, now))  # type: ignore[misc]
