@@ -12,6 +12,7 @@ validated, not again when the runtime is built.
   normalise alike are an error, not a silent choice).
 * :data:`HttpUrl`: an http(s) URL with a host, kept verbatim (its query may carry parameters
   Flashduty reads); the value is never echoed in errors, since a push URL carries a key.
+* :data:`ByteSize`: a number of bytes, or text with a binary unit: ``512KiB``, ``16MiB``, ``1GiB``.
 * :data:`CompiledTemplate`, :data:`TemplateMap` and :data:`Expression`: compiled templates that
   dump (and pickle) as their source text.
 """
@@ -78,6 +79,29 @@ def _duration(value: Any) -> Any:
 Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0, allow_inf_nan=False)]
 #: A duration that may be zero (a feature switched off).
 NonNegativeDuration = Annotated[float, BeforeValidator(_duration), Field(ge=0, allow_inf_nan=False)]
+
+# -- sizes ----------------------------------------------------------------------------------------
+
+#: Linear: one digit run, optional blanks, an optional binary unit; fullmatch only.
+_SIZE = re.compile(r"([0-9]+)[ \t]*(B|KiB|MiB|GiB)?")
+_SIZE_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, None: 1}
+_SIZE_HELP = "use a number of bytes or a number with B, KiB, MiB or GiB"
+
+
+def _byte_size(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"invalid size {value!r}: {_SIZE_HELP}")
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value.strip())
+        if match is None:
+            shown = value if len(value) <= 40 else value[:40] + "…"
+            raise ValueError(f"invalid size {shown!r}: {_SIZE_HELP}")
+        return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    return value  # anything else: pydantic's own "valid integer" error
+
+
+#: A size in bytes (``65536``, ``"64KiB"``, ``"16MiB"``); zero allowed (a feature switched off).
+ByteSize = Annotated[int, BeforeValidator(_byte_size), Field(ge=0, strict=True)]
 
 # -- severities -----------------------------------------------------------------------------------
 
@@ -177,7 +201,7 @@ TemplateMap = Annotated[
 
 @dataclass(frozen=True, slots=True)
 class CompiledExpression:
-    """A Jinja expression (no braces) and its template, which renders the value as JSON."""
+    """A Jinja expression (no braces) and its template, which evaluates to the value (not text)."""
 
     text: str
     template: templating.Template
@@ -189,7 +213,7 @@ def _compile_expression(value: Any, info: ValidationInfo) -> CompiledExpression:
     if not isinstance(value, str):
         raise ValueError("must be an expression (text)")
     try:
-        template = templating.compile("{{ (" + value + ") | tojson }}", str(info.field_name))
+        template = templating.compile_expression(value, str(info.field_name))
     except templating.TemplateError as exc:
         raise ValueError(f"not a valid expression: {exc}") from None
     return CompiledExpression(value, template)

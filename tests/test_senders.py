@@ -212,6 +212,46 @@ def test_template_source_maps_each_item_and_resolves_under_the_same_key(
     assert bridge.metric("flashduty_bridge_template_errors_total", source="uptime", field="labels.broken") == 3
 
 
+def test_large_real_payloads_pass_where_the_alerts_output_limit_refused_them(
+    emulator: Emulator, make_bridge: MakeBridge
+) -> None:
+    """A 71 KB Sentry event_alert and a 1,500-check list (the issue's 400s), and a 74 KB Uptime Kuma report.
+
+    The shipped sources take them; the `alerts` expression is a value, not 64 KiB of JSON text, and
+    text fields are cut at their own limits, so nothing is refused and no template fails.
+    """
+    root = Path(__file__).resolve().parents[1]
+    shipped = {}
+    for name in ("sentry", "uptime-kuma"):
+        shipped.update(yaml.safe_load((root / "config" / "sources" / f"{name}.yaml").read_text())["sources"])
+    bridge = make_bridge(emulator, sources={**shipped, "uptime": UPTIME})
+    senders = root / "tests" / "fixtures" / "senders"
+    for source, fixture, size in (
+        ("sentry", "sentry-event-alert-large.json", 70_000),
+        ("uptime_kuma", "uptime-kuma-mqtt-report-down.json", 74_000),
+    ):
+        raw = json.dumps(json.loads((senders / fixture).read_text()), separators=(",", ":"), ensure_ascii=False)
+        assert len(raw.encode()) > size
+        answer = bridge.post(f"/webhook/{source}", content=raw.encode())
+        assert answer.status_code == 200 and answer.json()["data"]["events"] == 1, answer.text
+    events = delivered(emulator, 2)
+    by_key = {event["alert_key"]: event for event in events}
+    assert by_key["sentry:4218258981"]["title_rule"].startswith("Checkout errors: ConnectionError: ")
+    kuma = by_key["uptime_kuma:12"]
+    assert kuma["title_rule"].startswith("Plant 3 sensors is DOWN: Message Mismatch - Topic: plant-3/health")
+    assert len(kuma["description"]) == 2048  # cut to Flashduty's limit, and counted
+    assert not [event for event in events if "template_error" in event.get("labels", {})]
+    assert bridge.metric("flashduty_bridge_truncations_total", field="description") >= 1
+    many = checks(*[(f"c{i:04d}", f"check-{i:04d}", "down") for i in range(1500)])
+    assert len(json.dumps(many)) > 64 * 1024
+    answer = bridge.post("/webhook/uptime", many)  # 200: all 1,500 events committed (delivery takes 15 s)
+    assert answer.status_code == 200 and answer.json()["data"]["events"] == 1500, answer.text[:300]
+    assert bridge.metric("flashduty_bridge_events_total", source="uptime") == 1500
+    assert bridge.metric("flashduty_bridge_template_errors_total", source="uptime", field="labels.broken") == 1500
+    assert bridge.metric("flashduty_bridge_template_errors_total", source="sentry") == 0
+    assert bridge.metric("flashduty_bridge_template_errors_total", source="uptime_kuma") == 0
+
+
 def test_sandbox_escapes_in_templates_fail_cleanly_and_the_bridge_keeps_serving(
     emulator: Emulator, make_bridge: MakeBridge
 ) -> None:

@@ -314,6 +314,30 @@ def test_output_is_capped() -> None:
     assert "output exceeds 1000" in str(limit_error("{% for i in range(101) %}0123456789{% endfor %}", limits=limits))
 
 
+def test_a_cut_render_stops_at_its_length_instead_of_failing() -> None:
+    """cut_at: the text up to that length, and no more work: a loop that would run past the CPU bound ends early."""
+    template = compile("{% for i in range(10000) %}{% for j in range(10000) %}0123456789{% endfor %}{% endfor %}", "t")
+    started = time.process_time()
+    assert template.render(template_context({}), cut_at=100_005) == "0123456789" * 10_000 + "01234"
+    assert time.process_time() - started < 0.1  # a full render would stop at the 100 ms CPU bound instead
+    assert template.render(template_context({}), cut_at=3) == "012"
+
+
+def test_an_expression_is_evaluated_to_its_value_without_a_text_round_trip() -> None:
+    """compile_expression/evaluate: the very objects of the context, no output limit, template errors as usual."""
+    from bridge.templating import compile_expression
+
+    items = [{"n": i, "text": "x" * 1000} for i in range(200)]  # 200 KB as JSON: over the 64 KiB output limit
+    value = compile_expression("payload.rows", "alerts").evaluate(template_context({"rows": items}))
+    assert value is items
+    built = compile_expression("[payload] if payload.ok else []", "alerts").evaluate(template_context({"ok": 1}))
+    assert built == [{"ok": 1}]
+    with pytest.raises(TemplateLimitError):
+        compile_expression("'x' * 10**9", "alerts").evaluate(template_context({}))
+    with pytest.raises(TemplateError, match="alerts"):
+        compile_expression("payload.a.b + 1", "alerts").evaluate(template_context({}))
+
+
 def test_huge_range_is_refused() -> None:
     """range(10**9) fails at once instead of looping."""
     assert "range()" in str(limit_error("{% for i in range(10**9) %}{% endfor %}"))

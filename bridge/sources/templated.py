@@ -20,7 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from bridge import templating
+from jinja2.runtime import Undefined
+
+from bridge import contract, templating
 from bridge.config import SourceMapping, TemplateSourceConfig
 from bridge.contract import EVENT_STATUSES
 from bridge.models import Alert, EventStatus
@@ -33,12 +35,25 @@ EXCERPT_CHARS = 1500
 #: Called with (field, message) for every template that failed to render.
 OnError = Callable[[str, str], None]
 
+#: Output limits per event field. The text fields are cut at these many characters (Flashduty
+#: keeps far fewer: the mapper folds whitespace, truncates to its limit and counts that), so a
+#: large payload quoted in a description costs no more than this and is never an error.
+#: ``alert_key`` and ``event_status`` must be whole: more than the template limits' ``max_output``
+#: is a template error there (a long key is hashed by the mapper, a status is a short word).
+CUT_AT = {
+    "title": 8 * contract.TITLE_MAX,
+    "description": 8 * contract.DESCRIPTION_MAX,
+    "labels": 8 * contract.LABEL_VALUE_MAX,
+}
+
 
 def _excerpt(payload: Any) -> str:
     try:
-        text = json.dumps(payload, ensure_ascii=False, sort_keys=True)
+        text = json.dumps(payload, ensure_ascii=False, sort_keys=True, default=str)
     except RecursionError:  # deeper than the stack allows here, though the decoder took it
         return "(the payload is nested too deeply to show)"
+    except TypeError:  # keys of mixed types (an item the alerts expression built) do not sort
+        text = json.dumps(payload, ensure_ascii=False, default=str)
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
 
 
@@ -53,7 +68,7 @@ class _Renderer:
         if template is None:
             return fallback
         try:
-            return templating.render_text(template, self.context)
+            return templating.render_text(template, self.context, cut_at=CUT_AT.get(field.partition(".")[0]))
         except templating.TemplateError as exc:
             self.failed.append(field)
             self.on_error(field, str(exc))
@@ -79,12 +94,15 @@ class TemplateSource:
             return [None]
         context = templating.template_context(body, headers=headers, query=query)
         try:
-            items = json.loads(templating.render_text(self.alerts, context))
+            items = self.alerts.evaluate(context)
         except templating.TemplateError as exc:
             raise InvalidPayload(f"alerts: the expression {self.expression!r} failed on this body: {exc}") from None
-        if not isinstance(items, list):
-            raise InvalidPayload(f"alerts: the expression {self.expression!r} gave {type(items).__name__}, not a list")
-        return items
+        if not isinstance(items, list | tuple):
+            kind = "nothing" if isinstance(items, Undefined) or items is None else type(items).__name__
+            hint = " (add | list)" if hasattr(items, "__next__") else ""
+            raise InvalidPayload(f"alerts: the expression {self.expression!r} gave {kind}, not a list{hint}")
+        # A missing item (``[payload.absent]``) is null, as it always was in JSON.
+        return [None if isinstance(item, Undefined) else item for item in items]
 
     def _status(self, rendered: str) -> EventStatus | None:
         value = rendered.strip()

@@ -17,15 +17,20 @@ Choices:
   (``payload.a.b.c``) renders as empty text and is falsy; using it in arithmetic or calling
   it still fails. ``None`` renders as empty text too.
 * **Bounds** (:class:`Limits`): source and output size, CPU time per render, size of every
-  value built, ``range()`` length, call nesting, regex input. How they are enforced, and
+  value built, ``range()`` length, call nesting, regex input. A field that is truncated anyway
+  renders with ``cut_at`` (its text is cut, not refused); an expression (``alerts``) is
+  evaluated to its value, without a text round trip (:meth:`Template.evaluate`). The CPU
+  bound of a whole request (many renders, and single C calls such as a sort, which no tick
+  interrupts) is the worker's: see :mod:`bridge.workers`. How they are enforced, and
   what they do not cover, is in :mod:`bridge.templating.sandbox`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from types import CodeType, TracebackType
 from typing import Any
 
@@ -46,11 +51,14 @@ __all__ = [
     "TemplateLimitError",
     "TemplateSecurityError",
     "compile",
+    "compile_expression",
     "render_fields",
     "render_text",
     "template_context",
 ]
 
+#: The variable an expression template assigns its value to (see :meth:`Engine.compile_expression`).
+EXPRESSION_VALUE = "bridge_expression_value"
 #: Request headers a template never sees: credentials belong to the bridge, not to alert text.
 HIDDEN_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 _NO_ALERT = object()
@@ -86,35 +94,62 @@ class Template:
     def __reduce__(self) -> tuple[Any, ...]:
         return _recompile, (self.source, self.name, self._limits)
 
-    def render(self, context: Mapping[str, Any]) -> str:
-        """Render with a fresh budget; raise :class:`TemplateError` (or a subclass) on any failure."""
+    def render(self, context: Mapping[str, Any], *, cut_at: int | None = None) -> str:
+        """Render with a fresh budget; raise :class:`TemplateError` (or a subclass) on any failure.
+
+        Output beyond the limits' ``max_output`` is an error, unless ``cut_at`` is given: then the
+        render stops once ``cut_at`` characters are out and returns them, whatever ``max_output``
+        says (for a field that is truncated anyway, rendering more only costs time).
+        """
         limits = self._limits
         parts: list[str] = []
         size = 0
-        with running(Budget(limits)):
+        with running(Budget(limits)), self._reported():
             stream = self._jinja.generate(dict(context))
             assert isinstance(stream, Generator)
             try:
                 for chunk in stream:
                     size += len(chunk)
-                    if size > limits.max_output:
+                    if cut_at is not None and size >= cut_at:
+                        parts.append(chunk[: len(chunk) - (size - cut_at)])
+                        break
+                    if cut_at is None and size > limits.max_output:
                         raise TemplateLimitError(f"output exceeds {limits.max_output} characters")
                     parts.append(chunk)
-            except TemplateError as exc:
-                raise exc.located(self.name, self._line(exc.__traceback__)) from None
-            except SecurityError as exc:
-                raise TemplateSecurityError(str(exc), name=self.name, line=self._line(exc.__traceback__)) from None
-            except (RecursionError, MemoryError) as exc:
-                raise TemplateLimitError(f"render failed: {type(exc).__name__}", name=self.name) from None
-            except JinjaError as exc:
-                line = self._line(exc.__traceback__)
-                raise TemplateError(exc.message or str(exc), name=self.name, line=line) from None
-            except Exception as exc:
-                line = self._line(exc.__traceback__)
-                raise TemplateError(f"{type(exc).__name__}: {exc}", name=self.name, line=line) from None
             finally:
                 stream.close()
         return "".join(parts)
+
+    def evaluate(self, context: Mapping[str, Any]) -> Any:
+        """The value of an expression compiled by :meth:`Engine.compile_expression` (not its text).
+
+        The value is what the expression built or picked out of the context (``payload.items`` is
+        the very list the body decoded to): no text round trip, so no output limit applies; what
+        the expression builds is bounded like any other template value.
+        """
+        with running(Budget(self._limits)), self._reported():
+            jinja_context = self._jinja.new_context(dict(context))
+            for _ in self._jinja.root_render_func(jinja_context):
+                pass
+            return jinja_context.vars.get(EXPRESSION_VALUE)
+
+    @contextlib.contextmanager
+    def _reported(self) -> Iterator[None]:
+        """Turn whatever a render raises into a :class:`TemplateError` naming this template and the line."""
+        try:
+            yield
+        except TemplateError as exc:
+            raise exc.located(self.name, self._line(exc.__traceback__)) from None
+        except SecurityError as exc:
+            raise TemplateSecurityError(str(exc), name=self.name, line=self._line(exc.__traceback__)) from None
+        except (RecursionError, MemoryError) as exc:
+            raise TemplateLimitError(f"render failed: {type(exc).__name__}", name=self.name) from None
+        except JinjaError as exc:
+            line = self._line(exc.__traceback__)
+            raise TemplateError(exc.message or str(exc), name=self.name, line=line) from None
+        except Exception as exc:
+            line = self._line(exc.__traceback__)
+            raise TemplateError(f"{type(exc).__name__}: {exc}", name=self.name, line=line) from None
 
     def _line(self, trace: TracebackType | None) -> int | None:
         """The template line of the innermost frame of this template (Jinja rewrites them)."""
@@ -156,6 +191,12 @@ class Engine:
         jinja = self._env.template_class.from_code(self._env, code, self._env.make_globals(None))
         return Template(name, jinja, self.limits, filename, source)
 
+    def compile_expression(self, expression: str, name: str) -> Template:
+        """Compile a Jinja expression (no braces) for :meth:`Template.evaluate`."""
+        if not isinstance(expression, str):
+            raise TemplateError("an expression must be text", name=name)
+        return self.compile("{% set " + EXPRESSION_VALUE + " = (" + expression + ") %}", name)
+
     def _check_names(self, tree: nodes.Template) -> None:
         # Jinja 3 reports an unknown filter or test only when rendering; say it at compile time.
         for node in tree.find_all((nodes.Filter, nodes.Test)):
@@ -175,13 +216,18 @@ def compile(source: str, name: str, *, limits: Limits | None = None) -> Template
     return _engine(limits or Limits()).compile(source, name)
 
 
+def compile_expression(expression: str, name: str, *, limits: Limits | None = None) -> Template:
+    """Compile ``expression`` (no braces) for :meth:`Template.evaluate`, with the default engine."""
+    return _engine(limits or Limits()).compile_expression(expression, name)
+
+
 def _recompile(source: str, name: str, limits: Limits) -> Template:
     return compile(source, name, limits=limits)
 
 
-def render_text(template: Template, context: Mapping[str, Any]) -> str:
-    """Render ``template`` against ``context`` (see :func:`template_context`)."""
-    return template.render(context)
+def render_text(template: Template, context: Mapping[str, Any], *, cut_at: int | None = None) -> str:
+    """Render ``template`` against ``context`` (see :func:`template_context`, and ``cut_at`` in Template.render)."""
+    return template.render(context, cut_at=cut_at)
 
 
 def render_fields(templates: Mapping[str, Template], context: Mapping[str, Any]) -> dict[str, str]:
