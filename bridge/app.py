@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from bridge import __version__, admin, contract, logs, receive, trail, ui
 from bridge import runtime as runtime_module
+from bridge.admission import Isolation
 from bridge.config import DEFAULT_DESTINATION, Config, ConfigError
 from bridge.config import load as load_config
 from bridge.destinations.flashduty import DryRunDestination, Transports
@@ -43,7 +44,7 @@ from bridge.runtime import Runtime
 log = logging.getLogger("bridge.app")
 
 #: Config sections a reload cannot apply to a running process (the socket, the outbox, the workers).
-RESTART_ONLY = ("listen", "storage", "delivery")
+RESTART_ONLY = ("listen", "storage", "delivery", "limits")
 
 #: How long SIGTERM waits for in-flight delivery attempts.
 SHUTDOWN_GRACE_SECONDS = 15.0
@@ -62,6 +63,8 @@ class Bridge:
     dry_run_log: DryRunDestination | None
     #: Destinations of keys given in senders' URLs (capped, retired when idle).
     passthrough: PassthroughKeys
+    #: The in-flight body budget and the worker pool (``limits``, read at start).
+    isolation: Isolation
     #: The config the process started with: what RESTART_ONLY sections run with until a restart.
     started: Config = field(init=False)
 
@@ -219,6 +222,8 @@ def create_app(
             lambda name, key: runtime_module.passthrough(bridge.config, name, key, http),
         )
         dry_run = runtime.destinations.get(DEFAULT_DESTINATION)
+        isolation = Isolation.create(config.limits)
+        isolation.pool.on_restart = lambda reason: metrics.worker_restarts.labels(reason).inc()
         bridge = Bridge(
             config_path,
             metrics,
@@ -228,9 +233,11 @@ def create_app(
             runtime,
             dry_run if isinstance(dry_run, DryRunDestination) else None,
             passthrough,
+            isolation,
         )
         passthrough.restore(await outbox.passthrough_keys())
         dispatcher.adopt = passthrough.adopt  # keys another replica remembered since (shared outbox)
+        await isolation.pool.start()
         app.state.bridge = bridge
         metrics.dry_run.set(1 if config.dry_run else 0)
         metrics.reload_success.set(1)
@@ -250,6 +257,7 @@ def create_app(
         finally:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            await isolation.pool.close()
             await dispatcher.stop(timeout=min(SHUTDOWN_GRACE_SECONDS, config.flashduty.timeout + 1))
             await http.aclose()
             await outbox.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -76,6 +77,7 @@ def outbox_exit_code(refused: OpenRefused) -> int:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from bridge import server
     from bridge.app import create_app
 
     cfg = load_or_exit(args.config)
@@ -98,10 +100,13 @@ def serve(args: argparse.Namespace) -> int:
     for name in cfg.unset_variables:
         log.warning("environment variable %s is not set; it expanded to an empty string", name)
     host, port = config.split_listen(listen)
+    protocol = server.protocol_class(cfg.limits)  # header limits and read timeouts (limits.*)
     server_config = uvicorn.Config(
         cast(Any, None),  # set below, once the outbox is open; the config first gives us uvicorn's loop
         host=host,
         port=port,
+        http=protocol,
+        limit_concurrency=cfg.limits.max_connections,
         log_config=None,  # keep our handler (and its redaction)
         access_log=False,
         lifespan="on",
@@ -116,7 +121,15 @@ def serve(args: argparse.Namespace) -> int:
         except OpenRefused as refused:
             print(f"error: {refused}", file=sys.stderr)
             return outbox_exit_code(refused)
-        server_config.app = create_app(cfg, config_path=Path(args.config) if args.config else None, outbox=outbox)
+        app = create_app(cfg, config_path=Path(args.config) if args.config else None, outbox=outbox)
+        server_config.app = app
+        # What is loaded so far lives as long as the process. Frozen, it is out of the cyclic
+        # collector's sight: a full collection under load walks the ~2,000 objects requests made,
+        # not 64,000 (36 ms measured, a stall of every request on the loop).
+        gc.collect()
+        gc.freeze()
+        # Refusals happen only while the server runs, after the lifespan made app.state.bridge.
+        protocol.on_refused = staticmethod(lambda reason: app.state.bridge.metrics.http_refused.labels(reason).inc())
         server = uvicorn.Server(server_config)
         log.info("flashduty-bridge %s listening on %s", __version__, listen)
         try:

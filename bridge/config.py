@@ -40,6 +40,7 @@ from bridge.auth import AuthConfig, NoAuth
 from bridge.contract import EVENT_STATUSES
 from bridge.fields import (
     AbsolutePath,
+    ByteSize,
     CompiledTemplate,
     Expression,
     FiringStatus,
@@ -59,7 +60,8 @@ DEFAULT_STORAGE_PATH = "data"
 DEFAULT_FLASHDUTY_URL = "https://api.flashcat.cloud/event/push/alert/standard"
 DEFAULT_TIMEOUT_SECONDS = 10.0
 DEFAULT_MAX_PENDING = 100_000
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+#: 4 MiB: a 1,000-alert Alertmanager group is 1.5-3 MB; with the worker and in-flight limits it fits a 256 Mi pod.
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_WORKERS = 8
 DEFAULT_RETRY_HORIZON = 24 * 3600.0
 DEFAULT_PASSTHROUGH_MAX_KEYS = 100
@@ -201,6 +203,46 @@ class DeliveryConfig(_Frozen):
     #: again within this interval; after it, it is, so Flashduty sees the alert as fresh.
     refresh_interval: NonNegativeDuration = 300.0
     circuit: CircuitConfig = CircuitConfig()
+
+
+class LimitsConfig(_Frozen):
+    """What one request, and all requests at once, may cost (README "Limits"). Read at start only.
+
+    Requests of the built-in senders with bodies up to ``inline_bytes`` and no templates are
+    handled in the server process (linear in their size, a few ms at most); every other request
+    (template sources, template overrides, larger bodies) runs in one of ``workers`` processes,
+    which is stopped once it used ``request_cpu`` of CPU or needs more than ``worker_memory``.
+    """
+
+    #: CPU time one request may take in a worker (decode, templates, mapping); over it: 422, refused for good.
+    #: A max_body_bytes Alertmanager group of ten thousand small alerts takes about 1.5 s on a slow CPU.
+    request_cpu: Duration = 5.0
+    #: Worker processes for template sources, template overrides and large bodies. One fits the shipped
+    #: pod (1 CPU, 256 Mi); each more needs about worker_memory + 15 MiB, and a CPU to be of use.
+    workers: int = Field(1, ge=1, le=32, strict=True)
+    #: Requests that may wait for a worker; one more is answered 503 at once.
+    queue: int = Field(16, ge=0, strict=True)
+    #: How long a request waits for a worker, or for room under max_inflight_bytes, before it gets 503.
+    queue_wait: Duration = 2.0
+    #: Bodies of built-in senders (without template overrides) up to this size are handled in the server
+    #: process; 0: every request goes to a worker.
+    inline_bytes: ByteSize = 64 * 1024
+    #: Memory a worker may allocate for one request, beyond what it holds idle; over it: 422.
+    worker_memory: ByteSize = 64 * 1024 * 1024
+    #: Request bodies being read or handled at once, summed; beyond it new requests wait, then get 503.
+    max_inflight_bytes: ByteSize = 12 * 1024 * 1024
+    #: The request line and headers of one request; over it: 431.
+    max_header_bytes: ByteSize = 32 * 1024
+    #: Header fields of one request; more: 431.
+    max_headers: int = Field(100, ge=1, strict=True)
+    #: From connecting (or from the first byte of the next request) to the end of the headers; then 408.
+    header_timeout: Duration = 10.0
+    #: From the end of the headers to the end of the body; then 408.
+    body_timeout: Duration = 30.0
+    #: An idle connection between requests is closed after this long.
+    keepalive_timeout: Duration = 5.0
+    #: Open connections; one more is answered 503 and closed (each may hold up to max_header_bytes).
+    max_connections: int = Field(256, ge=1, strict=True)
 
 
 class AdminConfig(_Frozen):
@@ -369,6 +411,8 @@ class Config(_Frozen):
     #: A URL key unused this long, with no event stored for it, is forgotten (its lane and series go).
     passthrough_retire_after: Duration = DEFAULT_PASSTHROUGH_RETIRE_AFTER
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0, strict=True)
+    #: What requests may cost: CPU, memory, header sizes, timeouts (see LimitsConfig).
+    limits: LimitsConfig = LimitsConfig()
     log_level: str = Field("info", pattern=r"^(?i:debug|info|warning|error)$")
     #: Environment variables referenced as ${VAR} that were not set (not part of the file).
     unset_variables: tuple[str, ...] = Field(default=(), exclude=True)
@@ -398,6 +442,15 @@ class Config(_Frozen):
                     f"destination name {name!r}: use 1-64 letters, digits, _ . - (not {DEFAULT_DESTINATION!r})"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _body_fits_in_flight(self) -> Config:
+        if self.max_body_bytes > self.limits.max_inflight_bytes:
+            raise ValueError(
+                f"max_body_bytes ({self.max_body_bytes}) is larger than limits.max_inflight_bytes"
+                f" ({self.limits.max_inflight_bytes}): such a body could never be admitted"
+            )
+        return self
 
     @model_validator(mode="after")
     def _routes_name_destinations(self) -> Config:

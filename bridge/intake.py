@@ -13,8 +13,9 @@ loop, then hand plain data to :func:`prepare`, which runs **decode → parse →
   template errors, unrouted alerts), which the receive path alone turns into metrics and
   logs, in one place, and ``render`` shows.
 
-Everything it takes and returns pickles, so it can run in a worker process under a CPU
-budget; :func:`build` makes the snapshot from a :class:`~bridge.config.Config` alone.
+Everything it takes and returns pickles, so it runs in a worker process under a CPU and
+memory budget (:mod:`bridge.workers`) wherever its cost is not bounded by a small body;
+:func:`build` makes the snapshot from a :class:`~bridge.config.Config` alone.
 ``render`` (HTTP, CLI, ``test-templates``) runs this very function and skips the store.
 """
 
@@ -69,6 +70,9 @@ class Source:
     auth: AuthConfig
     mapper: Mapper
     decode: Decoder = _decode_json
+    #: Runs user templates (a template source, or a built-in sender with title/description overrides):
+    #: its cost is not bounded by the size of the body, so the receive path never runs it on the loop.
+    templated: bool = False
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,8 @@ def sources(config: Config) -> dict[str, Source]:
         ) -> list[Alert]:
             return overrides.apply(parse(body), body, headers, query, notes.template_error)
 
-        return Source(name, parse_and_override, mapping.auth, Mapper(mapping))
+        templated = mapping.title is not None or mapping.description is not None
+        return Source(name, parse_and_override, mapping.auth, Mapper(mapping), templated=templated)
 
     def parse_standard(body: Any, headers: Mapping[str, str], query: Mapping[str, str], notes: Notes) -> list[Alert]:
         return [standard.parse(body)]
@@ -251,5 +256,5 @@ def sources(config: Config) -> dict[str, Source]:
             return template.parse(body, headers, query, notes.template_error)
 
         mapping = SourceMapping(key_prefix=name, allow_tpl_titles=settings.allow_tpl_titles)
-        found[name] = Source(name, parse_template, settings.auth, Mapper(mapping))
+        found[name] = Source(name, parse_template, settings.auth, Mapper(mapping), templated=True)
     return found

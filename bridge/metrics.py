@@ -21,7 +21,13 @@ from bridge.outbox.health import OPERATIONS as STORAGE_OPERATIONS
 PREFIX = "flashduty_bridge"
 
 SOURCES = ("alertmanager", "grafana", "standard")
-REQUEST_OUTCOMES = ("accepted", "invalid", "too_large", "unavailable", "unauthorized", "not_forwarded")
+REQUEST_OUTCOMES = ("accepted", "invalid", "too_large", "unavailable", "unauthorized", "not_forwarded", "over_budget")
+#: Why a worker process was replaced (bridge.workers).
+WORKER_RESTART_REASONS = ("budget", "memory", "recycled", "crashed")
+#: Why the HTTP server answered or closed a connection before the app saw the request (bridge.server).
+HTTP_REFUSED_REASONS = (
+    *("headers_too_large", "too_many_headers", "header_timeout", "body_timeout", "too_many_connections"),
+)
 EVENT_STATUSES = ("Critical", "Warning", "Info", "Ok")
 ATTEMPT_OUTCOMES = ("ok", "retry", "give_up")
 TRUNCATED_FIELDS = ("title_rule", "description", "alert_key", "label_key", "label_value", "images")
@@ -200,6 +206,23 @@ class Metrics:
         )
         for operation in STORAGE_OPERATIONS:
             self.storage_errors.labels(operation)
+        self.worker_restarts = Counter(
+            f"{p}_worker_restarts_total",
+            "Worker processes replaced, by reason (budget: a request used limits.request_cpu; memory: it needed"
+            " more than limits.worker_memory; recycled: it grew and gave its memory back; crashed).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in WORKER_RESTART_REASONS:
+            self.worker_restarts.labels(reason)
+        self.http_refused = Counter(
+            f"{p}_http_refused_total",
+            "Requests and connections the HTTP server refused before the app saw them (431, 408, 503), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in HTTP_REFUSED_REASONS:
+            self.http_refused.labels(reason)
         for source in SOURCES:
             for outcome in REQUEST_OUTCOMES:
                 self.requests.labels(source, outcome)

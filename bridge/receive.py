@@ -11,10 +11,18 @@ authenticate it, read the passthrough key; then the pure stages of :func:`bridge
 (decode → parse → route → map); then, on the loop again, store. :func:`count` is the one
 place a request's outcome and notes become metrics (and its template errors one log line);
 :func:`render` runs the same stages without the store, and counts nothing.
+
+Where the pure stages run (:func:`run_pipeline`): built-in senders without template overrides,
+with bodies up to ``limits.inline_bytes``, right here on the loop (their cost is linear in the
+body, a few milliseconds at that size); everything else in a worker process under the request's
+CPU and memory budget (:mod:`bridge.workers`): 422 over budget, 503 when every worker is busy.
+Every body first takes its size from the in-flight budget (:mod:`bridge.admission`), waiting
+briefly for room, else 503.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections import Counter
@@ -22,10 +30,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from bridge import admin, contract, intake
+from bridge.admission import NoRoom, Reservation
 from bridge.auth import Unauthorized
 from bridge.config import Config
 from bridge.contract import Rejection
@@ -35,9 +44,11 @@ from bridge.outbox import OutboxUnavailable
 from bridge.passthrough import PassthroughRefused
 from bridge.responses import envelope, fast_envelope
 from bridge.routing import passthrough_destination
+from bridge.runtime import Runtime
 from bridge.sources import alertmanager, grafana
 from bridge.sources import standard as standard_module
 from bridge.ui.session import console_request_ok
+from bridge.workers import OverBudget, Overloaded, WorkerLost
 
 if TYPE_CHECKING:
     from bridge.app import Bridge
@@ -53,17 +64,67 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused (BodyTooLarge) before it is read whole when it exceeds ``limit`` bytes."""
+#: Seconds a sender is asked to wait before retrying a 503 for overload.
+RETRY_AFTER = 1
+
+
+async def read_body(request: Request, limit: int, reservation: Reservation | None = None) -> bytes:
+    """The raw body, refused (BodyTooLarge) before it is read whole when it exceeds ``limit`` bytes.
+
+    With a ``reservation``, the body's size is taken from the in-flight budget before it is read
+    (the declared Content-Length at once, else as chunks arrive); raises NoRoom when it does not fit.
+    """
     declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and len(declared) < 20 and int(declared) > limit:
-        raise BodyTooLarge(f"body is {int(declared)} bytes, the limit is {limit} (max_body_bytes)")
-    raw = bytearray()
+    if declared.isascii() and declared.isdigit() and len(declared) < 20:
+        if int(declared) > limit:
+            raise BodyTooLarge(f"body is {int(declared)} bytes, the limit is {limit} (max_body_bytes)")
+        if reservation is not None:
+            await reservation.grow_to(int(declared))
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
+        size += len(chunk)
+        if size > limit:
             raise BodyTooLarge(f"body exceeds the limit of {limit} bytes (max_body_bytes)")
-    return bytes(raw)
+        if reservation is not None:
+            await reservation.grow_to(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def run_pipeline(
+    bridge: Bridge, runtime: Runtime, received: Received, render_id: str | None = None
+) -> intake.Outcome | bytes:
+    """:func:`bridge.intake.prepare` on the loop for small built-in requests, else in a worker.
+
+    For ``render`` (``render_id`` given) a worker answers events as the whole response body.
+    Raises OverBudget, Overloaded or WorkerLost (from the worker pool).
+    """
+    isolation = bridge.isolation
+    source = runtime.sources.get(received.source)
+    if source is not None and not source.templated and len(received.body) <= isolation.limits.inline_bytes:
+        return intake.prepare(runtime.intake, received)
+    return await isolation.pool.prepare(runtime.config, received, render_id=render_id)
+
+
+async def authenticate(bridge: Bridge, runtime: Runtime, received: Received) -> None:
+    """Check the request's credentials; a large body's HMAC is computed off the loop (hashlib lets go of the GIL)."""
+    if len(received.body) > bridge.isolation.limits.inline_bytes:
+        await asyncio.to_thread(intake.authenticate, runtime.intake, received)
+    else:
+        intake.authenticate(runtime.intake, received)
+
+
+def unavailable(request_id: str, message: str) -> Response:
+    """503 for overload: every worker busy, or no room for the body. Senders retry."""
+    response = envelope(503, request_id, code="ServiceUnavailable", message=message)
+    response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
+
+
+def over_budget(request_id: str, exc: OverBudget) -> Response:
+    """422 naming the budget: the request would need as much again on every retry, so none is invited."""
+    return envelope(422, request_id, code="OverBudget", message=str(exc))
 
 
 def request_headers(request: Request) -> dict[str, str]:
@@ -136,18 +197,34 @@ async def receive(request: Request, name: str) -> Response:
     """The receive path of every sender: authenticate, decode, parse, route, map, store, answer."""
     bridge: Bridge = request.app.state.bridge
     runtime = bridge.runtime  # this request finishes on the config it started with
-    metrics = bridge.metrics
     request_id = uuid.uuid4().hex
     if name not in runtime.sources:
         return envelope(404, request_id, code="RouteNotFound", message=f"no source {name!r} in the config")
+    reservation = bridge.isolation.inflight.reservation()
     try:
-        raw = await read_body(request, runtime.config.max_body_bytes)
+        return await _receive(request, bridge, runtime, name, request_id, reservation)
+    finally:
+        reservation.release()
+
+
+async def _receive(
+    request: Request, bridge: Bridge, runtime: Runtime, name: str, request_id: str, reservation: Reservation
+) -> Response:
+    metrics = bridge.metrics
+    try:
+        raw = await read_body(request, runtime.config.max_body_bytes, reservation)
     except BodyTooLarge as exc:
         count(metrics, name, "too_large")
         return envelope(413, request_id, code="InvalidParameter", message=str(exc))
+    except NoRoom as exc:
+        count(metrics, name, "unavailable")
+        log.warning("could not take %s request %s: %s", name, request_id, exc)
+        return unavailable(request_id, str(exc))
+    except ClientDisconnect:  # gone mid-body (or cut by limits.body_timeout): nobody to answer
+        return Response(status_code=400)
     received = Received(name, raw, request_headers(request), request_query(request))
     try:
-        intake.authenticate(runtime.intake, received)
+        await authenticate(bridge, runtime, received)
     except Unauthorized as exc:
         count(metrics, name, "unauthorized")
         metrics.auth_failures.labels(name, exc.reason).inc()
@@ -161,7 +238,17 @@ async def receive(request: Request, name: str) -> Response:
     if key is not None:
         received = Received(name, raw, received.headers, received.query, passthrough_destination(key))
 
-    outcome = intake.prepare(runtime.intake, received)
+    try:
+        outcome = await run_pipeline(bridge, runtime, received)
+    except OverBudget as exc:
+        count(metrics, name, "over_budget")
+        log.warning("refused %s request %s: %s", name, request_id, exc)
+        return over_budget(request_id, exc)
+    except (Overloaded, WorkerLost) as exc:
+        count(metrics, name, "unavailable")
+        log.warning("could not take %s request %s: %s", name, request_id, exc)
+        return unavailable(request_id, str(exc))
+    assert not isinstance(outcome, bytes)
     if isinstance(outcome, Refused):
         count(metrics, name, "invalid")
         log.info("rejected %s request %s: %s", name, request_id, outcome.message)
@@ -239,17 +326,37 @@ async def render(request: Request) -> Response:
     name = request.path_params["source"]
     if name not in runtime.sources:
         return envelope(404, request_id, code="RouteNotFound", message=f"no source {name!r}")
+    reservation = bridge.isolation.inflight.reservation()
     try:
-        raw = await read_body(request, runtime.config.max_body_bytes)
+        return await _render(request, bridge, runtime, name, request_id, reservation)
+    finally:
+        reservation.release()
+
+
+async def _render(
+    request: Request, bridge: Bridge, runtime: Runtime, name: str, request_id: str, reservation: Reservation
+) -> Response:
+    try:
+        raw = await read_body(request, runtime.config.max_body_bytes, reservation)
         key = passthrough_of(runtime.config, request)
     except BodyTooLarge as exc:
         return envelope(413, request_id, code="InvalidParameter", message=str(exc))
     except Rejection as exc:
         return envelope(exc.status, request_id, code=exc.code, message=exc.message)
+    except NoRoom as exc:
+        return unavailable(request_id, str(exc))
+    except ClientDisconnect:
+        return Response(status_code=400)
     destination = passthrough_destination(key) if key is not None else None
-    outcome = intake.prepare(
-        runtime.intake, Received(name, raw, request_headers(request), request_query(request), destination)
-    )
+    received = Received(name, raw, request_headers(request), request_query(request), destination)
+    try:
+        outcome = await run_pipeline(bridge, runtime, received, render_id=request_id)
+    except OverBudget as exc:
+        return over_budget(request_id, exc)
+    except (Overloaded, WorkerLost) as exc:
+        return unavailable(request_id, str(exc))
+    if isinstance(outcome, bytes):  # a worker's answer, written there
+        return Response(outcome, 200, media_type="application/json")
     if isinstance(outcome, Refused):
         return envelope(outcome.status, request_id, code=outcome.code, message=outcome.message)
     if isinstance(outcome, NotForwarded):

@@ -89,7 +89,8 @@ def test_load_without_file_returns_documented_defaults() -> None:
     assert cfg.alertmanager.default_severity == "Warning"
     assert cfg.alertmanager.identity_labels[0] == "alertname"
     assert cfg.alertmanager.allow_tpl_titles is False
-    assert cfg.max_body_bytes == 16 * 1024 * 1024
+    assert cfg.max_body_bytes == 4 * 1024 * 1024
+    assert cfg.limits == config.LimitsConfig()
     assert cfg.log_level == "info"
     assert cfg.unset_variables == ()
     assert cfg.flashduty.dry_run is True
@@ -641,6 +642,7 @@ def test_example_config_lists_every_accepted_key() -> None:
             "admin",
             "labels",
             "grafana",
+            "limits",
         }
     )
     assert yaml_keys(data, nested=sections) == field_names(Config)
@@ -703,3 +705,44 @@ def test_a_wrong_storage_is_refused_without_echoing_the_dsn(tmp_path: Path, stor
         load_text(tmp_path, f"storage:\n  {storage}\n")
     assert "storage" in str(refused.value)
     assert "SECRET-pw" not in str(refused.value)
+
+
+# --- limits ----------------------------------------------------------------------------------------
+
+
+def test_sizes_take_bytes_or_binary_units_and_limits_are_checked_together(tmp_path: Path) -> None:
+    """limits sizes: bytes or KiB/MiB/GiB; a body larger than the in-flight budget could never be admitted."""
+    cfg = load_text(
+        tmp_path,
+        "limits:\n  worker_memory: 80MiB\n  max_inflight_bytes: 65536\n  inline_bytes: 1KiB\nmax_body_bytes: 1024\n",
+        {},
+    )
+    assert (cfg.limits.worker_memory, cfg.limits.max_inflight_bytes, cfg.limits.inline_bytes) == (
+        80 * 2**20,
+        65536,
+        1024,
+    )
+    for text, where in [
+        ("limits:\n  worker_memory: 80 MB\n", "limits.worker_memory: invalid size '80 MB'"),
+        ("limits:\n  inline_bytes: -1\n", "limits.inline_bytes"),
+        ("limits:\n  request_cpu: 0\n", "limits.request_cpu"),
+        ("limits:\n  workers: 0\n", "limits.workers"),
+        ("limits:\n  max_inflight_bytes: 1MiB\n", "max_body_bytes (4194304) is larger than limits.max_inflight_bytes"),
+    ]:
+        with pytest.raises(config.ConfigError) as caught:
+            load_text(tmp_path, text, {})
+        assert any(where in problem for problem in caught.value.problems), (text, caught.value.problems)
+
+
+def test_the_readme_limits_table_states_the_defaults() -> None:
+    """Every limits.* key has a row in README's Limits table whose value is the built-in default."""
+    rows = {}
+    for line in (REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith("`limits.") and cells[1].startswith("`"):
+            rows[cells[0].strip("`").removeprefix("limits.")] = cells[1].strip("`")
+    assert set(rows) == set(config.LimitsConfig.model_fields)
+    for name, text in rows.items():
+        value = yaml.safe_load(text)
+        assert config.LimitsConfig.model_validate({name: value}) == config.LimitsConfig(), (name, text)
+    assert f"| `max_body_bytes` | `{config.DEFAULT_MAX_BODY_BYTES}` |" in (REPO_ROOT / "README.md").read_text()

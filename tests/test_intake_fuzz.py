@@ -2,7 +2,10 @@
 
 Hypothesis generates bodies (raw bytes, arbitrary JSON with lone surrogates, huge integers and
 deep nesting, near-valid payloads of each sender), content types, methods and query strings,
-and sends them in-process (ASGI) to one real app, lifespan and outbox included. Derandomized
+and sends them in-process (ASGI) to one real app, lifespan, outbox and worker process included
+(template sources, and built-in bodies over 256 bytes, run in the worker; smaller ones inline).
+The HTTP layer in front of the app (request heads, header limits) is fuzzed through the real
+process in ``tests/test_isolation.py``. Derandomized
 (a fixed seed, no example database) so CI runs the same few thousand cases every time. A 5xx,
 an exception out of the app, or a body that is not ``{"request_id", "data" | "error"}`` fails.
 The named regressions these cases once found are in ``tests/test_intake_regressions.py``.
@@ -47,6 +50,8 @@ CONFIG: dict[str, Any] = {
     "flashduty": {"url": "http://127.0.0.1:9/event/push/alert/standard", "timeout": "1s"},
     "passthrough_max_keys": 1000,  # the cap's 503 is tested in tests/test_passthrough.py
     "max_body_bytes": 1024 * 1024,
+    # Built-in senders' bodies over 256 bytes go to the worker process too: both paths are fuzzed.
+    "limits": {"inline_bytes": "256B"},
 }
 INTAKE = ["/alertmanager", "/grafana", "/webhook/hook", "/webhook/flat", "/webhook/none", contract.PUSH_PATH]
 RENDER = ["/-/render/alertmanager", "/-/render/grafana", "/-/render/standard", "/-/render/hook", "/-/render/x"]
@@ -246,3 +251,13 @@ def test_the_standard_api_answers_every_method_with_a_4xx(
     app: tuple[asyncio.AbstractEventLoop, InProcess], method: str, body: bytes, query: str
 ) -> None:
     send(app, method, f"{contract.PUSH_PATH}?{query}" if query else contract.PUSH_PATH, content=body)
+
+
+def test_the_fuzzed_requests_reached_the_worker_process_and_the_event_loop_both(
+    app: tuple[asyncio.AbstractEventLoop, InProcess],
+) -> None:
+    """The examples above took both paths: hundreds of jobs ran in the worker (runs after them, same app)."""
+    _, bridge = app
+    assert bridge.bridge.isolation.pool.jobs > 500
+    accepted = bridge.metric("flashduty_bridge_requests_total", source="alertmanager", outcome="accepted")
+    assert accepted > 0
