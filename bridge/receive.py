@@ -92,6 +92,12 @@ async def read_body(request: Request, limit: int, reservation: Reservation | Non
     return b"".join(chunks)
 
 
+def body_limit(bridge: Bridge, runtime: Runtime) -> int:
+    """max_body_bytes, within the in-flight budget the server started with (limits need a restart; a
+    reload may raise max_body_bytes past it, and such a body could never be admitted)."""
+    return min(runtime.config.max_body_bytes, bridge.isolation.inflight.limit)
+
+
 async def run_pipeline(
     bridge: Bridge, runtime: Runtime, received: Received, render_id: str | None = None
 ) -> intake.Outcome | bytes:
@@ -212,7 +218,7 @@ async def _receive(
 ) -> Response:
     metrics = bridge.metrics
     try:
-        raw = await read_body(request, runtime.config.max_body_bytes, reservation)
+        raw = await read_body(request, body_limit(bridge, runtime), reservation)
     except BodyTooLarge as exc:
         count(metrics, name, "too_large")
         return envelope(413, request_id, code="InvalidParameter", message=str(exc))
@@ -337,7 +343,7 @@ async def _render(
     request: Request, bridge: Bridge, runtime: Runtime, name: str, request_id: str, reservation: Reservation
 ) -> Response:
     try:
-        raw = await read_body(request, runtime.config.max_body_bytes, reservation)
+        raw = await read_body(request, body_limit(bridge, runtime), reservation)
         key = passthrough_of(runtime.config, request)
     except BodyTooLarge as exc:
         return envelope(413, request_id, code="InvalidParameter", message=str(exc))

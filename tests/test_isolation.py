@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,7 +29,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge import config as config_module
 from tests.conftest import Bridge, Emulator, wait_for
+from tests.support.inprocess import running
 from tests.support.procs import LOOPBACK
 from tests.support.proctree import children, command, descendants, tree_memory
 from tests.test_app import alert, delivered, webhook
@@ -464,3 +467,22 @@ def _head_bridge(make_bridge: MakeBridge) -> Bridge:
             None, limits={"max_header_bytes": "2KiB", "max_headers": 20, "header_timeout": "2s", "body_timeout": "2s"}
         )
     return _HEAD_BRIDGES[key]
+
+
+async def test_a_reload_that_raises_max_body_bytes_past_the_running_in_flight_budget_answers_413(
+    tmp_path: Path,
+) -> None:
+    """limits apply at restart: a body over the running in-flight budget is a 413 (not a 503 for ever)."""
+    path = tmp_path / "bridge.yaml"
+    before = {"storage": {"path": str(tmp_path / "outbox")}, "max_body_bytes": 100_000}
+    before["limits"] = {"max_inflight_bytes": 150_000}
+    path.write_text(yaml.safe_dump(before))
+    async with running(config_module.load(path), config_path=path) as bridge:
+        path.write_text(
+            yaml.safe_dump({**before, "max_body_bytes": 200_000, "limits": {"max_inflight_bytes": 400_000}})
+        )
+        ok, message = bridge.bridge.reload()
+        assert ok and "not applied until a restart: limits" in message, message
+        answer = await bridge.client.post("/alertmanager", content=b" " * 180_000)
+    assert answer.status_code == 413, answer.text
+    assert "the limit is 150000" in answer.json()["error"]["message"]
