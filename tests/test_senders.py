@@ -218,7 +218,8 @@ def test_large_real_payloads_pass_where_the_alerts_output_limit_refused_them(
     """A 71 KB Sentry event_alert and a 1,500-check list (the issue's 400s), and a 74 KB Uptime Kuma report.
 
     The shipped sources take them; the `alerts` expression is a value, not 64 KiB of JSON text, and
-    text fields are cut at their own limits, so nothing is refused and no template fails.
+    text fields are cut at their own limits, so nothing is refused and no template fails; nor on the
+    64 KB message that made every Uptime Kuma template run out of time.
     """
     root = Path(__file__).resolve().parents[1]
     shipped = {}
@@ -234,8 +235,14 @@ def test_large_real_payloads_pass_where_the_alerts_output_limit_refused_them(
         assert len(raw.encode()) > size
         answer = bridge.post(f"/webhook/{source}", content=raw.encode())
         assert answer.status_code == 200 and answer.json()["data"]["events"] == 1, answer.text
-    events = delivered(emulator, 2)
+    # The message that made every Uptime Kuma template run out of time (0.8 s of CPU): now an "other" notification.
+    hostile = {"heartbeat": None, "monitor": None, "msg": ("[x][y] a certificate b " * 2800)[:64000]}
+    assert bridge.post("/webhook/uptime_kuma", hostile).status_code == 200
+    events = delivered(emulator, 3)
     by_key = {event["alert_key"]: event for event in events}
+    assert by_key[f"uptime_kuma:message:{hashlib.md5(hostile['msg'].encode()).hexdigest()}"]["title_rule"].startswith(
+        "Uptime Kuma: [x][y] a certificate b"
+    )
     assert by_key["sentry:4218258981"]["title_rule"].startswith("Checkout errors: ConnectionError: ")
     kuma = by_key["uptime_kuma:12"]
     assert kuma["title_rule"].startswith("Plant 3 sensors is DOWN: Message Mismatch - Topic: plant-3/health")
