@@ -21,7 +21,7 @@ Contract:
   so after a reload workers use the new config, and a request started before it the old one.
 * **Isolation**: workers are forked by multiprocessing's ``forkserver``, a fresh interpreter
   that preloaded this module: they inherit no thread, socket or database of the server. They
-  ignore SIGINT, run at a lower priority (the loop wins the CPU), and exit when the server's
+  ignore SIGINT, run at a lower priority (nice 10: the loop wins the CPU), and exit when the server's
   end of their socket closes (so a killed server leaves none behind).
 * **Queue**: at most ``size`` requests run at once; ``queue`` more may wait up to ``wait``
   seconds for a worker; beyond that :class:`Overloaded` (503).
@@ -66,14 +66,13 @@ BATCH = 256
 _SMALL = 64 * 1024
 #: Read this much of a large frame, then let the loop run other work.
 _YIELD_EVERY = 1024 * 1024
-#: Workers give way to the server process (the event loop) when both want the CPU.
-WORKER_NICE = 10
 #: How long close() waits for an idle worker to exit before it is killed.
 _EXIT_GRACE = 2.0
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-# The forkserver imports this module (and with it the whole pipeline) once; workers fork from it.
-_CONTEXT.set_forkserver_preload([__name__])
+# The forkserver lowers its priority, then imports this module (and with it the whole pipeline)
+# once; workers fork from it and inherit both (bridge._forkserver).
+_CONTEXT.set_forkserver_preload(["bridge._forkserver"])
 
 
 class Overloaded(Exception):
@@ -193,8 +192,6 @@ def _serve(sock: socket.socket, worker_memory: int) -> None:
     """The worker's loop: one job at a time until the server closes the socket."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the server's to handle
     signal.signal(signal.SIGPROF, signal.SIG_DFL)  # the CPU budget: the kernel ends the process
-    with contextlib.suppress(OSError):
-        os.nice(WORKER_NICE)
     # What the forkserver imported stays shared with it as long as nothing writes to it; the cyclic
     # collector would (it links every object it tracks): keep it off those objects.
     gc.freeze()
