@@ -101,6 +101,14 @@ class Bridge:
         logs.add_secrets(runtime_module.secrets(runtime_module.integration_keys(applied)))
         self.dispatcher.add_destinations(runtime.destinations, runtime.rate_limits)
         self.runtime = runtime
+        # The new runtime has a new dry-run destination: /-/dry-run must read the one that now
+        # sends, and keep listing what the old one was given.
+        dry_run = runtime.destinations.get(DEFAULT_DESTINATION)
+        if isinstance(dry_run, DryRunDestination):
+            if self.dry_run_log is not None:
+                dry_run.sent = self.dry_run_log.sent
+            self.dry_run_log = dry_run
+        metrics.dry_run.set(1 if applied.dry_run else 0)
         metrics.reloads.labels("success").inc()
         metrics.reload_success.set(1)
         metrics.reload_time.set(time.time())

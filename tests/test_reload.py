@@ -121,3 +121,22 @@ def test_serve_with_listen_reloads_an_unchanged_file_without_a_restart_note(
     bridge = make_bridge(emulator)  # started with --listen 127.0.0.1:<port>; the file has no listen
     answer = httpx.post(f"{bridge.url}/-/reload")
     assert answer.status_code == 200 and answer.json()["data"]["message"] == "reloaded", answer.text
+
+
+def test_dry_run_keeps_listing_events_across_a_reload(make_bridge: MakeBridge) -> None:
+    """A dry-run bridge lists what it would send at /-/dry-run, before and after a reload (the list carries over)."""
+    from tests.conftest import payload, wait_for
+
+    def listed() -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = httpx.get(f"{bridge.url}/-/dry-run").json()["events"]
+        return events
+
+    bridge = make_bridge(None)  # no key: dry run
+    firing, resolved = payload("alertmanager-0.25-firing.json"), payload("alertmanager-0.25-resolved.json")
+    assert bridge.post("/alertmanager", firing).status_code == 200
+    wait_for(lambda: len(listed()) == len(firing["alerts"]), what="the firing events listed")
+    assert httpx.post(f"{bridge.url}/-/reload").status_code == 200
+    assert bridge.post("/alertmanager", resolved).status_code == 200
+    total = len(firing["alerts"]) + len(resolved["alerts"])
+    events = wait_for(lambda: (found := listed()) and len(found) == total and found, what="the Ok events listed too")
+    assert [event["event_status"] for event in events[len(firing["alerts"]) :]] == ["Ok"] * len(resolved["alerts"])
