@@ -384,6 +384,29 @@ def test_deploy_section_blocks_are_left_to_the_deploy_tests(block: docs.Block) -
     pytest.skip(f"a block of {DEPLOY_SECTIONS}: checked by the deploy tests, not here")
 
 
+def test_the_readme_layout_names_every_module_and_only_modules_that_exist() -> None:
+    """Each module under bridge/ is named in Layout (itself, or its folder as ``name/``), and each name there exists."""
+    (block,) = [b for b in readme_blocks() if b.headings[-1] == "Layout"]
+    lines = block.text.splitlines()
+    assert lines[0] == "bridge/"
+    named: set[str] = set()
+    for line in lines[1:]:
+        if not line.startswith("  "):
+            break
+        column = re.split(r"\s{2,}", line.strip(), maxsplit=1)[0]
+        named.update(column.split(", "))
+    missing = sorted(name for name in named if not (ROOT / "bridge" / name).exists())
+    assert missing == [], "Layout names paths that do not exist"
+    folders = tuple(name for name in named if name.endswith("/"))
+    modules = [
+        path.relative_to(ROOT / "bridge").as_posix()
+        for path in (ROOT / "bridge").rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py")
+    ]
+    unnamed = sorted(module for module in modules if module not in named and not module.startswith(folders))
+    assert unnamed == [], "modules the README's Layout does not name"
+
+
 # -- YAML blocks and config examples --------------------------------------------------------------------
 
 
