@@ -81,7 +81,7 @@ async def test_nesting_500_to_999_deep_with_a_unicode_escape_is_answered_without
 
 
 def test_hostile_bodies_are_4xx_through_the_real_process(make_bridge: MakeBridge) -> None:
-    """One of each kind against the real server: a huge integer, a quoted lone surrogate, deep nesting."""
+    """One of each kind against the real server: a huge integer, a lone surrogate, deep nesting, a hostile groupKey."""
     bridge = make_bridge(None, sources=SOURCES)
     huge = bridge.post("/alertmanager", content=('{"version":"4","alerts":[],"n":' + HUGE_INT + "}").encode())
     assert huge.status_code == 400 and "4300 digits" in huge.json()["error"]["message"], huge.text
@@ -95,6 +95,11 @@ def test_hostile_bodies_are_4xx_through_the_real_process(make_bridge: MakeBridge
         deep = bridge.post("/webhook/hook", content=('{"title":"t","x":' + nested(depth) + "}").encode())
         assert deep.status_code in (200, 400), deep.text[:300]
         assert json.loads(deep.text)["request_id"]
+    # Grafana's test-notification rule was a regex, quadratic here: 21 s at n=80k, past any CPU budget.
+    n = 80_000
+    alert = {"status": "firing", "labels": {"alertname": "x"}, "fingerprint": "-" * n}
+    grafana = bridge.post("/grafana", {"version": "1", "groupKey": "-" * (2 * n), "alerts": [alert]})
+    assert grafana.status_code == 200, grafana.text[:300]
     assert httpx.get(f"{bridge.url}/-/ready").status_code == 200
     assert "Traceback" not in bridge.log()
 
