@@ -138,6 +138,40 @@ async def test_a_fragment_request_gets_only_the_main_content(app: tuple[Bridge, 
     assert "<html" not in fragment.text and "<nav" not in fragment.text
 
 
+async def test_the_overview_shows_each_destinations_backlog_headroom_circuit_and_last_error(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    """A destination that refuses connections, with three events queued before the start: its row says 3
+    pending and how old, 99 of 100 requests left this minute, the circuit open, and the network error."""
+    path = Path(config["storage"]["path"])
+    box = SqliteOutbox(path, max_pending=100)
+    await box.open()
+    try:
+        await box.put([NewEvent("team-a", f"k{i}", "alertmanager", "Critical", '{"title_rule":"x"}') for i in range(3)])
+    finally:
+        await box.close()
+    limit = {"per_second": 7, "per_minute": 100}
+    config["destinations"] = {"team-a": {"integration_key": "k", "url": "http://127.0.0.1:1/", "rate_limit": limit}}
+    config["delivery"] = {"workers": 1, "circuit": {"failures": 1, "cooldown": "10m"}}
+    async with running(config) as (bridge, client):
+        await until(lambda: _async(bridge.dispatcher.lanes["team-a"].last_error), "a failed attempt")
+        await log_in(client)
+        page = (await client.get("/ui")).text
+    row = re.search(r'<th scope="row">team-a</th>(.*?)</tr>', page, re.S)
+    assert row, page
+    cells = [re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td>(.*?)</td>", row.group(1), re.S)]
+    pending, oldest, dead, headroom, circuit, last_error = cells
+    assert pending == "3" and re.fullmatch(r"\d+s", oldest) and dead == "0", cells
+    second, minute = map(int, re.fullmatch(r"(\d+)/s, (\d+)/min", headroom).groups())  # type: ignore[union-attr]
+    assert minute == 99 and second in (6, 7), headroom
+    assert circuit == "open", cells
+    assert "network" in last_error.lower() or "connect" in last_error.lower(), last_error
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
 # -- changes need the CSRF token ------------------------------------------------------------------------
 
 

@@ -179,6 +179,15 @@ def test_an_operator_follows_an_alert_replays_a_dead_letter_and_renders_a_templa
     expect(letter).to_have_count(1, timeout=WAIT_MS)
     expect(letter).to_contain_text("integration_key is not a valid one")
     shots(page, "dead-letters")
+    page.goto(f"{bridge.url}/ui/events")
+    page.get_by_label("Label").fill("instance=db-2")
+    page.get_by_label("Outcome").select_option("dead")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("tr[data-event]")).to_have_count(1)
+    expect(page.locator("tr[data-event]")).to_contain_text(dead_key)
+    page.get_by_label("Outcome").select_option("delivered")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("tr[data-event]")).to_have_count(0)
     page.goto(f"{bridge.url}/ui")
     expect(page.locator("table")).to_contain_text("InvalidIntegrationKey")
     shots(page, "overview")
@@ -214,6 +223,17 @@ def test_an_operator_follows_an_alert_replays_a_dead_letter_and_renders_a_templa
         " return [t.selectionStart, document.activeElement === t]; })()"
     )
     assert selected == [broken.index(",,") + 1, True]
+    # A field the source refuses: the message names its path, and the page selects that field.
+    page.get_by_label("Source").select_option("alertmanager")
+    wrong = '{\n  "version": "4",\n  "alerts": [{"status": "firing", "labels": {"alertname": 5}}]\n}'
+    page.get_by_label("Payload (JSON)").fill(wrong)
+    page.get_by_role("button", name="Render").click()
+    expect(page.locator("#pg-error")).to_contain_text("alerts[0].labels.alertname")
+    selected = page.evaluate(
+        "(() => { const t = document.getElementById('pg-payload');"
+        " return t.value.slice(t.selectionStart, t.selectionEnd); })()"
+    )
+    assert selected == '"alertname": 5', selected
 
     # -- the config page masks the key ---------------------------------------------------------------------
     page.goto(f"{bridge.url}/ui/config")
