@@ -132,6 +132,27 @@ async def test_the_rate_limit_is_shared_never_multiplied(replicas: list[Postgres
     assert result.next_due == grant.next_free and grant.next_free > 1000.0 + window - 0.01
 
 
+async def test_the_per_minute_limit_is_shared_too(replicas: list[PostgresOutbox]) -> None:
+    """5/s and 7/min between two replicas: 5 in the first second, 2 more in the next, then nothing until the
+    first sends leave the minute window; then the other replica gets them."""
+    a, b = replicas
+    clock = a._fixed_clock
+    assert isinstance(clock, FakeClock)
+    await a.put([ev(f"k{n}", f"e{n}") for n in range(20)])
+    first, _ = await a.rate_limits.claim(DEST, 10, 300, 5, 7)
+    assert len(first.events) == 5
+    clock.advance(1.5)
+    second, _ = await b.rate_limits.claim(DEST, 10, 300, 5, 7)
+    assert len(second.events) == 2
+    clock.advance(1.5)
+    held, grant = await a.rate_limits.claim(DEST, 10, 300, 5, 7)
+    assert (held.events, grant.granted, grant.headroom["minute"]) == ([], 0, 0)
+    assert grant.next_free >= clock.now + 55  # the first sends leave the minute window 60 s after they left
+    clock.advance(60)
+    later, _ = await b.rate_limits.claim(DEST, 10, 300, 5, 7)
+    assert len(later.events) == 5
+
+
 async def test_events_a_claim_drops_give_their_sends_back(
     database: postgres.Database, replicas: list[PostgresOutbox]
 ) -> None:
@@ -175,6 +196,22 @@ async def test_gauges_agree_on_every_replica(replicas: list[PostgresOutbox]) -> 
     assert [letter["body"] for letter in await b.dead_letters(ALL)] == [first.body]  # listed from any replica
     assert await b.purge(ALL) == 1
     assert await a.dead_letters(ALL) == []
+
+
+async def test_a_dead_letter_is_replayed_from_another_replica_and_delivered_by_either(
+    replicas: list[PostgresOutbox],
+) -> None:
+    """Parked at A, replayed at B (the CLI or console may reach any pod), taken by A again in key order."""
+    a, b = replicas
+    await a.put([ev("k", "parked")])
+    (taken,) = await claim(a)
+    await a.dead(taken.id, "InvalidIntegrationKey", "integration_key is not a valid one", "req-1")
+    await a.put([ev("k", "resolved behind it", status="Ok")])
+    result = await b.replay(DeadLetterFilter(code="InvalidIntegrationKey"))
+    assert (result.replayed, result.superseded) == ([taken.id], [])
+    assert await a.dead_letters(ALL) == []
+    # The replayed event is older than the one queued behind it, so it goes first.
+    assert [c.body for c in await claim(a)] == ["parked"]
 
 
 async def test_time_is_the_databases_whatever_the_process_clock_says(
