@@ -407,6 +407,33 @@ def test_the_readme_layout_names_every_module_and_only_modules_that_exist() -> N
     assert unnamed == [], "modules the README's Layout does not name"
 
 
+#: Claims the docs once made that the code disproves (issue 12, item 9), each with the test that disproves it.
+RETRACTED_CLAIMS = {
+    # tests/test_sources_grafana.py: Grafana's own webhook ("version": "1") is parsed.
+    r'"?version"?:? *"1"[^.]*\brejects?\b|\brejects?\b[^.]*"version"?:? *"1"': "Grafana's version 1 is rejected",
+    # tests/test_auth.py: bearer tokens are checked.
+    r"does not check tokens": "the bridge does not check tokens",
+    # tests/test_config.py: integration_key_file exists.
+    r"planned `?integration_key_file": "integration_key_file is planned",
+    # The shipped rules name causes of 400s other than Grafana.
+    r"a Grafana webhook pointed at the bridge is the usual cause": "Grafana is blamed for invalid requests",
+}
+
+
+def test_the_docs_no_longer_make_claims_the_code_disproves() -> None:
+    """The README, the shipped config examples and the chart's files: none says what issue 12 found untrue."""
+    files = [ROOT / "README.md", *sorted((ROOT / "config").rglob("*.y*ml")), *sorted((ROOT / "deploy").rglob("*"))]
+    found = []
+    for path in (p for p in files if p.is_file()):
+        text = " ".join(path.read_text(errors="replace").split())  # a claim may span lines
+        found += [
+            f"{path.relative_to(ROOT)}: {claim}"
+            for pattern, claim in RETRACTED_CLAIMS.items()
+            if re.search(pattern, text, re.I)
+        ]
+    assert found == []
+
+
 # -- YAML blocks and config examples --------------------------------------------------------------------
 
 
