@@ -8,6 +8,7 @@ change what reaches Flashduty, so none of this is open like ``/metrics``.
 from __future__ import annotations
 
 import hmac
+import math
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -54,15 +55,51 @@ def bearer_matches(request: Request, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), token.encode())
 
 
+def client_address(request: Request) -> str:
+    """The peer's address (a proxy's, behind one): what :class:`~bridge.lockout.Lockout` counts by."""
+    return request.client.host if request.client else "unknown"
+
+
+def locked_out(bridge: Bridge, address: str, source: str, request_id: str) -> Response | None:
+    """429 ``TooManyAttempts`` while ``address`` has too many recent wrong tokens (see :mod:`bridge.lockout`)."""
+    wait = bridge.lockout.wait(address)
+    if wait <= 0:
+        return None
+    seconds = max(1, math.ceil(wait))
+    bridge.metrics.auth_failures.labels(source, "too many attempts").inc()
+    message = f"too many wrong admin tokens from {address}: try again in {seconds} s"
+    response = envelope(429, request_id, code="TooManyAttempts", message=message)
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
+def guard(
+    request: Request, bridge: Bridge, token: str, source: str, request_id: str, accepted: bool | None = None
+) -> Response | None:
+    """None when the request may go on; else 429 (locked out, the token unchecked) or 401, counted.
+
+    ``accepted`` is another way in the caller takes (the console's session); by default the
+    bearer token alone is checked. Only a presented token counts as a guess.
+    """
+    address = client_address(request)
+    if (refused := locked_out(bridge, address, source, request_id)) is not None:
+        return refused
+    if accepted or bearer_matches(request, token):
+        return None
+    presented = bool(request.headers.get("authorization", "").strip())
+    if presented:
+        bridge.lockout.failed(address)
+    bridge.metrics.auth_failures.labels(source, "bad credentials" if presented else "missing credentials").inc()
+    return envelope(401, request_id, code="Unauthorized", message="missing or wrong bearer token")
+
+
 def authorise(request: Request) -> tuple[Bridge, Response | None]:
     bridge: Bridge = request.app.state.bridge
     token = bridge.config.admin.token.get_secret_value()
     request_id = uuid.uuid4().hex
     if not token:
         return bridge, envelope(403, request_id, code="AccessDenied", message="admin API disabled: set admin.token")
-    if not bearer_matches(request, token):
-        return bridge, envelope(401, request_id, code="Unauthorized", message="missing or wrong bearer token")
-    return bridge, None
+    return bridge, guard(request, bridge, token, "admin", request_id)
 
 
 async def _selection(request: Request) -> Selection:

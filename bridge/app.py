@@ -34,6 +34,7 @@ from bridge.admission import Isolation
 from bridge.config import DEFAULT_DESTINATION, Config, ConfigError
 from bridge.config import load as load_config
 from bridge.destinations.flashduty import DryRunDestination, Transports
+from bridge.lockout import Lockout
 from bridge.metrics import Metrics
 from bridge.outbox import Outbox, OutboxUnavailable, open_outbox
 from bridge.outbox.dispatcher import Dispatcher, lease_for
@@ -65,6 +66,8 @@ class Bridge:
     passthrough: PassthroughKeys
     #: The in-flight body budget and the worker pool (``limits``, read at start).
     isolation: Isolation
+    #: Wrong admin tokens per client address (the admin API and the console's login).
+    lockout: Lockout = field(default_factory=Lockout)
     #: The config the process started with: what RESTART_ONLY sections run with until a restart.
     started: Config = field(init=False)
 

@@ -327,8 +327,10 @@ async def render(request: Request) -> Response:
     runtime = bridge.runtime
     request_id = uuid.uuid4().hex
     token = runtime.config.admin.token.get_secret_value()
-    if token and not (admin.bearer_matches(request, token) or console_request_ok(request, token)):
-        return envelope(401, request_id, code="Unauthorized", message="missing or wrong bearer token")
+    if token:  # the admin token guards it as it guards the admin API, wrong ones counted alike
+        refused = admin.guard(request, bridge, token, "render", request_id, console_request_ok(request, token))
+        if refused is not None:
+            return refused
     name = request.path_params["source"]
     if name not in runtime.sources:
         return envelope(404, request_id, code="RouteNotFound", message=f"no source {name!r}")

@@ -19,9 +19,11 @@ from pydantic import SecretStr
 
 from bridge.app import Bridge, create_app
 from bridge.config import Config
+from bridge.lockout import Lockout
 from bridge.outbox import Attempt, DeadLetterFilter, NewEvent, TrailFilter
 from bridge.outbox.sqlite import SqliteOutbox
 from bridge.ui import masking, session
+from tests.support.clock import FakeClock
 
 TOKEN = "console-token-SECRET-9d1e"
 BASE = "http://bridge.test"
@@ -105,6 +107,41 @@ async def test_the_cookie_is_signed_httponly_strict_and_not_the_token(app: tuple
     assert session.valid(value, TOKEN)
     assert not session.valid(value, "another-token")  # a new admin.token ends every session
     assert not session.valid(value, TOKEN, now=2**40)  # sessions expire
+
+
+async def test_ten_wrong_tokens_from_an_address_lock_the_login_and_the_admin_api_for_the_rest_of_the_minute(
+    app: tuple[Bridge, Client],
+) -> None:
+    """Past ten wrong tokens in a minute, even the right one gets 429 with Retry-After (a guesser learns nothing
+    by ignoring it); missing tokens and other sites' pages do not count; the minute over, the token works."""
+    bridge, client = app
+    clock = FakeClock()
+    bridge.lockout = Lockout(clock)
+    for _ in range(3):
+        assert (await client.get("/api/v1/dead-letters")).status_code == 401  # no token: not a guess
+        foreign = await client.post("/ui/login", data={"token": "x"}, headers={"Origin": "https://evil.example"})
+        assert foreign.status_code == 401
+    for n in range(10):
+        if n % 2:
+            wrong = await client.post("/ui/login", data={"token": f"guess-{n}", "next": "/ui"})
+        else:
+            wrong = await client.get("/api/v1/dead-letters", headers={"Authorization": f"Bearer guess-{n}"})
+        assert wrong.status_code == 401, n
+        clock.advance(1)
+    right = await client.post("/ui/login", data={"token": TOKEN, "next": "/ui"})
+    assert right.status_code == 429 and "set-cookie" not in right.headers
+    assert right.headers["retry-after"] == "50" and "try again in 50 s" in right.text
+    api = await client.get("/api/v1/dead-letters", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert api.status_code == 429 and api.json()["error"]["code"] == "TooManyAttempts", api.text
+    assert api.headers["retry-after"] == "50"  # the first guess, 10 s ago, leaves the minute in 50 s
+    failures = bridge.metrics.auth_failures
+    assert failures.labels("admin", "bad credentials")._value.get() == 5
+    assert failures.labels("console", "bad credentials")._value.get() == 5
+    assert failures.labels("console", "too many attempts")._value.get() == 1
+    assert failures.labels("console", "foreign origin")._value.get() == 3
+    clock.advance(51)
+    assert (await client.get("/api/v1/dead-letters", headers={"Authorization": f"Bearer {TOKEN}"})).status_code == 200
+    assert (await client.post("/ui/login", data={"token": TOKEN, "next": "/ui"})).status_code == 303
 
 
 async def test_without_an_admin_token_the_console_is_disabled(config: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bridge import __version__, trail
+from bridge.admin import client_address
 from bridge.outbox import DeadLetterFilter
 from bridge.outbox.trail import FILTER_OUTCOMES
 from bridge.timeline import describe_step
@@ -201,7 +203,23 @@ async def login(request: Request) -> Response:
     form = await _form(request)
     target = _safe_next(form.get("next"))
     presented = form.get("token") or ""
-    if not session.same_origin(request) or not hmac.compare_digest(presented.encode(), token.encode()):
+    bridge: Bridge = request.app.state.bridge
+    address = client_address(request)
+    wait = bridge.lockout.wait(address)
+    if wait > 0:
+        seconds = max(1, math.ceil(wait))
+        bridge.metrics.auth_failures.labels("console", "too many attempts").inc()
+        error = f"Too many wrong tokens from {address}: try again in {seconds} s."
+        html = _templates.get_template("login.html").render(next=target, error=error)
+        return _secure(HTMLResponse(html, status_code=429, headers={"Retry-After": str(seconds)}))
+    if not session.same_origin(request):  # refused unchecked: another site's page cannot lock the operator out
+        bridge.metrics.auth_failures.labels("console", "foreign origin").inc()
+        html = _templates.get_template("login.html").render(next=target, error="That is not the admin token.")
+        return _secure(HTMLResponse(html, status_code=401))
+    if not hmac.compare_digest(presented.encode(), token.encode()):
+        if presented:  # only a presented token can be a guess
+            bridge.lockout.failed(address)
+        bridge.metrics.auth_failures.labels("console", "bad credentials" if presented else "missing credentials").inc()
         html = _templates.get_template("login.html").render(next=target, error="That is not the admin token.")
         return _secure(HTMLResponse(html, status_code=401))
     response = RedirectResponse(target, status_code=303)
