@@ -23,6 +23,7 @@ from bridge.outbox import (
     OutboxStats,
     OutboxUnavailable,
     ReplayResult,
+    policy,
 )
 from tests.support.clock import FakeClock
 from tests.support.outboxes import BACKENDS, DEST, OutboxBackend, backend_under_test, bodies, claim, ev
@@ -619,6 +620,53 @@ async def test_an_expired_dead_letter_reports_the_attempts_actually_made(
     assert [e.attempts for e in result.expired] == [2]
     (letter,) = await box.dead_letters(ALL)
     assert letter["attempts"] == 2
+
+
+# -- forgetting idle keys --------------------------------------------------------------------------
+
+
+async def test_idle_key_states_are_forgotten_but_not_while_the_key_has_something_outstanding(
+    make_outbox: OutboxFactory, clock: FakeClock
+) -> None:
+    """A delivered key, idle past refresh_interval, is forgotten; a pending key, a dead letter's key and a key
+    that could still suppress a repeat are kept (and keep suppressing) until they are idle too."""
+    box = await make_outbox(refresh_interval=300)
+    await box.put([ev("done", "a", digest="d1"), ev("dead", "c", digest="d3")])
+    for event in await claim(box):
+        if event.alert_key == "done":
+            await box.delivered(event.id)
+        else:
+            await box.dead(event.id, "InvalidParameter", "bad", None)
+    clock.advance(300)
+    await box.put([ev("recent", "r", digest="d4")])
+    (recent,) = await claim(box)
+    await box.delivered(recent.id)
+    await box.put([ev("pending", "b", digest="d2")])
+
+    assert await box.forget_idle_keys() == 1  # "done"
+    assert await box.forget_idle_keys() == 0
+    assert await box.put([ev("recent", "r again", digest="d4")]) == [False]  # still suppresses
+
+    (pending,) = await claim(box)
+    await box.delivered(pending.id)
+    assert await box.purge(ALL) == 1
+    clock.advance(300)
+    assert await box.forget_idle_keys() == 3  # "pending", "dead", "recent"
+
+
+async def test_the_sweep_goes_on_where_it_stopped_and_starts_again_at_the_end(
+    make_outbox: OutboxFactory, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each call looks at one slice of the key states: 12 idle keys in slices of 5 are forgotten in three calls."""
+    monkeypatch.setattr(policy, "FORGET_BATCH", 5)
+    box = await make_outbox(refresh_interval=10)
+    await box.put([ev(f"k{n:02}", f"e{n}", digest=f"d{n}") for n in range(12)])
+    for event in await claim(box, limit=20):
+        await box.delivered(event.id)
+    clock.advance(10)
+    await box.put([ev("later", "y", digest="dy")])  # pending: kept
+    assert [await box.forget_idle_keys() for _ in range(3)] == [5, 5, 2]
+    assert await box.forget_idle_keys() == 0  # a new sweep from the start finds only "later"
 
 
 # -- dead letters: list, replay, purge ---------------------------------------------------------------

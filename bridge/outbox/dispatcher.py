@@ -34,7 +34,8 @@ process: the outbox records them in its ``health`` (the bridge is not ready whil
 lasts), and each pass first probes the storage with a durable write; after a probe and
 a whole pass succeed, the outbox is healthy again. The gauges (pending, oldest age, dead
 letters) are refreshed after every pass, failed or not, so they keep telling the truth
-while writes fail; each refresh also prunes the trail (``Outbox.prune_trail``) to its retention.
+while writes fail; each refresh also prunes the trail (``Outbox.prune_trail``) to its retention and forgets
+idle keys (``Outbox.forget_idle_keys``).
 
 Every attempt becomes an :class:`~bridge.outbox.trail.Attempt` (time, outcome, HTTP status,
 Flashduty request_id, code, latency), recorded with the ``delivered`` / ``retry_later`` /
@@ -360,10 +361,12 @@ class Dispatcher:
         self.metrics.outbox_oldest_age.set(max(0.0, now - oldest) if oldest is not None else 0.0)
 
     async def _prune(self) -> None:
-        """Keep the trail within its retention: full batches mean more is due, up to a bound per refresh."""
+        """Keep the trail within its retention (full batches mean more is due, up to a bound per refresh),
+        and sweep one slice of the key states for keys that are idle for good."""
         for _ in range(MAX_PRUNE_BATCHES):
             if await self.outbox.prune_trail() < PRUNE_BATCH:
-                return
+                break
+        await self.outbox.forget_idle_keys()
 
     async def _deliver(self, lane: _Lane, event: Claimed) -> None:
         try:

@@ -14,6 +14,8 @@ them, and they are tested without one.
 * **Expiry**: a head pending longer than ``max_age`` becomes an ``expired`` dead letter.
 * **Replay**: a dead letter goes back only if no newer event of its key was delivered
   since (unless forced) and none is on the wire now (never, even forced).
+* **Forgetting**: a key's state (last accepted digest, last delivered id) goes once nothing
+  of the key is pending or dead and its last accepted event can suppress no repeat.
 """
 
 from __future__ import annotations
@@ -47,6 +49,21 @@ def is_repeat(event: NewEvent, state: AcceptedState | None, now: float, refresh_
         return False
     digest, accepted_at = state
     return digest == event.digest and accepted_at is not None and now - accepted_at < refresh_interval
+
+
+def forgettable(accepted_at: float | None, now: float, refresh_interval: float, *, outstanding: bool) -> bool:
+    """Whether a key's state can be deleted: no event of the key is ``outstanding`` (pending or dead), and
+    its last accepted event is past ``refresh_interval``, so it would suppress nothing.
+
+    The last delivered id only matters to replay, which needs a dead letter of the key; with none
+    pending or dead, every later event of the key is newer than anything delivered, so nothing is
+    lost. Without this, the state of every key ever seen stays for good.
+    """
+    return not outstanding and (accepted_at is None or now - accepted_at >= refresh_interval)
+
+
+#: Key states a backend looks at per ``forget_idle_keys`` call (a slice of a sweep over all of them).
+FORGET_BATCH = 500
 
 
 @dataclass(slots=True)

@@ -150,6 +150,10 @@ class Outbox(Protocol):
     async def trail_event(self, event_id: int) -> TrailEvent | None:
         """One event of the trail, or None when it is unknown or pruned."""
 
+    async def forget_idle_keys(self) -> int:
+        """Look at the next :data:`~bridge.outbox.policy.FORGET_BATCH` key states of a sweep over all of
+        them and delete those :func:`~bridge.outbox.policy.forgettable`; returns how many."""
+
     async def prune_trail(self) -> int:
         """Delete up to :data:`~bridge.outbox.trail.PRUNE_BATCH` finished events past the retention
         (see :func:`~bridge.outbox.trail.prunable`); returns how many."""

@@ -133,6 +133,8 @@ class PostgresOutbox:
         self.max_pending = max_pending
         self.max_age = max_age
         self.refresh_interval = refresh_interval
+        #: Where this replica's sweep of idle key states goes on from.
+        self._forget_from = ("", "")
         #: None: the database's clock (this process's, corrected by the measured offset).
         self._fixed_clock = clock
         self._offset = 0.0
@@ -545,6 +547,15 @@ class PostgresOutbox:
 
     async def prune_trail(self) -> int:
         return 0
+
+    async def forget_idle_keys(self) -> int:
+        """One slice of this replica's sweep (each replica sweeps on its own; deletes are idempotent)."""
+        now, after = self._now(), self._forget_from
+        deleted, following = await self._run(
+            "record", lambda conn: queries.forget_idle_keys(conn, after, now, self.refresh_interval)
+        )
+        self._forget_from = following or ("", "")
+        return deleted
 
     # -- dead letters --------------------------------------------------------------------
 

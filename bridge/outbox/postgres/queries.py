@@ -385,6 +385,43 @@ async def stats_by_destination(conn: Conn) -> list[tuple[str, int, int, float | 
     return [(r[0], int(r[1]), int(r[2]), r[3]) for r in rows]
 
 
+# -- forgetting idle keys ----------------------------------------------------------------
+
+
+async def forget_idle_keys(
+    conn: Conn, after: tuple[str, str], now: float, refresh_interval: float
+) -> tuple[int, tuple[str, str] | None]:
+    """The slice of the key-state sweep after ``after``: delete what :func:`policy.forgettable` allows.
+
+    Returns (deleted, where the next slice starts; None: the sweep is over). The rule picks the
+    candidates; the DELETE checks again, in its own statement, that each is still idle (its
+    ``accepted_at`` unchanged, no head, no dead letter), so a put or a dead letter committed by
+    another replica in between keeps its key.
+    """
+    rows = await conn.fetch(
+        "SELECT destination, alert_key, accepted_at FROM outbox_key_state WHERE (destination, alert_key) > ($1, $2)"
+        " ORDER BY destination, alert_key LIMIT $3",
+        *after,
+        policy.FORGET_BATCH,
+    )
+    following = (rows[-1][0], rows[-1][1]) if len(rows) == policy.FORGET_BATCH else None
+    candidates = [r for r in rows if policy.forgettable(r[2], now, refresh_interval, outstanding=False)]
+    if not candidates:
+        return 0, following
+    deleted = await conn.fetch(
+        "DELETE FROM outbox_key_state s USING unnest($1::text[], $2::text[], $3::float8[]) AS c(d, k, at)"
+        " WHERE s.destination = c.d AND s.alert_key = c.k AND s.accepted_at IS NOT DISTINCT FROM c.at"
+        " AND NOT EXISTS (SELECT 1 FROM outbox_heads h WHERE h.destination = c.d AND h.alert_key = c.k)"
+        " AND NOT EXISTS (SELECT 1 FROM outbox_events e"
+        "                 WHERE e.destination = c.d AND e.alert_key = c.k AND e.state = 'dead')"
+        " RETURNING 1",
+        [r[0] for r in candidates],
+        [r[1] for r in candidates],
+        [r[2] for r in candidates],
+    )
+    return len(deleted), following
+
+
 # -- dead letters ------------------------------------------------------------------------
 
 

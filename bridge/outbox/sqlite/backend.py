@@ -274,6 +274,10 @@ class SqliteOutbox:
     async def trail_event(self, event_id: int) -> TrailEvent | None:
         return await self._read("read", lambda db: self._queries.trail_event(db, event_id))
 
+    async def forget_idle_keys(self) -> int:
+        now = self._clock()
+        return await self._admin(lambda db: self._queries.forget_idle_keys(db, now))
+
     async def prune_trail(self) -> int:
         """On the outbox thread, in a transaction of its own: a batch of deletes stays off the event loop."""
         now = self._clock()

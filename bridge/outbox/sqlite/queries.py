@@ -57,6 +57,8 @@ class Queries:
         self.max_pending = max_pending
         self.max_age = max_age
         self.refresh_interval = refresh_interval
+        #: Where the sweep of ``forget_idle_keys`` goes on from (in memory: a restart sweeps from the start).
+        self.forget_from = ("", "")
         self.retention = retention or Retention()
         self._clock = clock
         self.pending = 0
@@ -437,6 +439,29 @@ class Queries:
         return len(ids)
 
     # -- the trail ---------------------------------------------------------------------
+
+    def forget_idle_keys(self, db: sqlite3.Connection, now: float) -> int:
+        """The next slice of the sweep over ``key_state`` (in key order, from where the last one ended):
+        delete the states :func:`policy.forgettable` allows, checked in this transaction."""
+        rows = db.execute(
+            "SELECT destination, alert_key, accepted_at FROM key_state WHERE (destination, alert_key) > (?, ?)"
+            " ORDER BY destination, alert_key LIMIT ?",
+            (*self.forget_from, policy.FORGET_BATCH),
+        ).fetchall()
+        self.forget_from = ("", "") if len(rows) < policy.FORGET_BATCH else (rows[-1][0], rows[-1][1])
+        gone = []
+        for destination, alert_key, accepted_at in rows:
+            if not policy.forgettable(accepted_at, now, self.refresh_interval, outstanding=False):
+                continue
+            outstanding = db.execute(
+                "SELECT EXISTS (SELECT 1 FROM heads WHERE destination = ?1 AND alert_key = ?2)"
+                " OR EXISTS (SELECT 1 FROM events WHERE alert_key = ?2 AND destination = ?1 AND state = 'dead')",
+                (destination, alert_key),
+            ).fetchone()[0]
+            if not outstanding:
+                gone.append((destination, alert_key))
+        db.executemany("DELETE FROM key_state WHERE destination = ? AND alert_key = ?", gone)
+        return len(gone)
 
     def prune_trail(self, db: sqlite3.Connection, now: float) -> int:
         """Delete up to ``trail.PRUNE_BATCH`` finished events past the retention, oldest first."""
