@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import delivery, intake
+from bench import delivery, intake, readme
 from bench._proc import RESULTS, log, pin, sources_from
 
 FULL = {"rounds": 3, "seconds": 8, "events": 100_000, "drain_seconds": 90.0}
@@ -333,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / time.strftime("bench-%Y%m%d-%H%M%S.json")
     report["table"] = text
+    report["markdown"] = readme.render(report)  # the README's tables: python -m bench.readme FILE prints them
     out.write_text(json.dumps(without_nan(report), indent=2))
     print(text)
     log(f"wrote {out}")
