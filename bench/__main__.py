@@ -3,14 +3,18 @@
     python -m bench            # full run, about 10 minutes per bridge source
     python -m bench --quick    # smoke run, about a minute
 
-Intake (``bench/intake.py``, needs ``wrk``): a bare Starlette baseline and the bridge in
-dry-run mode, fresh for every run, with 1-, 10- and 100-alert Alertmanager payloads;
+Intake (``bench/intake.py``, needs ``wrk``): a bare Starlette baseline, a plain durable
+receiver (pydantic, one SQLite WAL transaction per request, synchronous=FULL) and the bridge
+in dry-run mode, fresh for every run, with 1-, 10- and 100-alert Alertmanager payloads;
 interleaved over ``--rounds`` rounds of ``--seconds`` s, medians reported: requests/s,
-alerts/s answered 200, p50/p99 latency, bridge/baseline ratio, CPU µs per accepted alert
+alerts/s answered 200, p50/p99 latency, ratios to both baselines, CPU µs per accepted alert
 and RSS idle and under load. Then each bridge at half its max alerts/s: rate achieved,
-p50/p99. Delivery (``bench/delivery.py``): a ``--events`` backlog built during an emulated
-503 outage drains into ``emulate``: events/s, CPU µs per event, RSS with the backlog and
-after the drain. Progress goes to stderr, the table to stdout, the JSON to bench/results/.
+p50/p99. Delivery (``bench/delivery.py``): a ``--events`` backlog built during a 503 outage
+drains into a minimal receiver (``bench/receiver.py``; ``--receiver emulate``: the strict
+emulator): events/s, CPU µs per event, RSS with the backlog and after the drain. ``--pinned``
+puts the servers under test on CPU 0 and the load on CPU 1. Progress goes to stderr, the
+table to stdout, the JSON (with the README's Markdown tables, see ``bench/readme.py``) to
+bench/results/.
 
 The machine is shared and noisy: compare rows of one invocation, not absolutes across runs.
 """

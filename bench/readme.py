@@ -55,6 +55,7 @@ def render(report: dict[str, Any]) -> str:
             ]
         )
     if rows:
+        lines += ["Intake, max rate (alerts answered 200, committed) and p99 at half of it:", ""]
         lines += [*_table(INTAKE_HEADER, rows), ""]
     delivery = report.get("delivery", {}).get("summary", {})
     receiver = report["args"].get("receiver", "emulate")
@@ -63,11 +64,13 @@ def render(report: dict[str, Any]) -> str:
             [target, receiver, _num(row["events_per_s"]), _num(row["cpu_us_per_event"])]
             for target, row in delivery.items()
         ]
+        lines += [f"Delivery of a {report['args']['events']:,}-event backlog:", ""]
         lines += [*_table(DELIVERY_HEADER, drows), ""]
     args = report["args"]
     sources = ", ".join(f"{s['label']} = git {s['git'] or '?'}" for s in report["sources"])
     lines.append(
         f"Run {report['started']}: `python -m bench{' --pinned' if args.get('pinned') else ''}"
+        f"{' --no-postgresql' if args.get('no_postgresql') else ''}"
         f"{''.join(' --bridge-src ' + Path(s['path']).name for s in report['sources'])}`"
         f" ({args['rounds']} rounds of {args['seconds']} s, {args['events']:,}-event backlog; {sources})."
     )
