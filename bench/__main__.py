@@ -3,14 +3,18 @@
     python -m bench            # full run, about 10 minutes per bridge source
     python -m bench --quick    # smoke run, about a minute
 
-Intake (``bench/intake.py``, needs ``wrk``): a bare Starlette baseline and the bridge in
-dry-run mode, fresh for every run, with 1-, 10- and 100-alert Alertmanager payloads;
+Intake (``bench/intake.py``, needs ``wrk``): a bare Starlette baseline, a plain durable
+receiver (pydantic, one SQLite WAL transaction per request, synchronous=FULL) and the bridge
+in dry-run mode, fresh for every run, with 1-, 10- and 100-alert Alertmanager payloads;
 interleaved over ``--rounds`` rounds of ``--seconds`` s, medians reported: requests/s,
-alerts/s answered 200, p50/p99 latency, bridge/baseline ratio, CPU µs per accepted alert
+alerts/s answered 200, p50/p99 latency, ratios to both baselines, CPU µs per accepted alert
 and RSS idle and under load. Then each bridge at half its max alerts/s: rate achieved,
-p50/p99. Delivery (``bench/delivery.py``): a ``--events`` backlog built during an emulated
-503 outage drains into ``emulate``: events/s, CPU µs per event, RSS with the backlog and
-after the drain. Progress goes to stderr, the table to stdout, the JSON to bench/results/.
+p50/p99. Delivery (``bench/delivery.py``): a ``--events`` backlog built during a 503 outage
+drains into a minimal receiver (``bench/receiver.py``; ``--receiver emulate``: the strict
+emulator): events/s, CPU µs per event, RSS with the backlog and after the drain. ``--pinned``
+puts the servers under test on CPU 0 and the load on CPU 1. Progress goes to stderr, the
+table to stdout, the JSON (with the README's Markdown tables, see ``bench/readme.py``) to
+bench/results/.
 
 The machine is shared and noisy: compare rows of one invocation, not absolutes across runs.
 """
@@ -28,12 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import delivery, intake
-from bench._proc import RESULTS, log, sources_from
+from bench import delivery, intake, readme
+from bench._proc import RESULTS, log, pin, sources_from
 
 FULL = {"rounds": 3, "seconds": 8, "events": 100_000, "drain_seconds": 90.0}
 INTAKE_COLUMNS = (
-    "target|alerts/req|req/s|alerts/s|p50 ms|p99 ms|vs base|CPU µs/alert|RSS idle MiB|RSS load MiB"
+    "target|alerts/req|req/s|alerts/s|p50 ms|p99 ms|vs bare|vs durable|CPU µs/alert|RSS idle MiB|RSS load MiB"
     "|queued at end|non-2xx/sock err|200 => stored"
 )
 HALF_COLUMNS = "target|alerts/req|target alerts/s|alerts/s|achieved|req/s|p50 ms|p99 ms|non-2xx/sock err|200 => stored"
@@ -72,6 +76,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="skip the PostgreSQL delivery rows (they run when BRIDGE_TEST_POSTGRES_DSN, default"
         " postgresql://postgres@127.0.0.1:5432/test, answers)",
     )
+    parser.add_argument(
+        "--pinned",
+        action="store_true",
+        help="every server under test on CPU 0 (taskset: its threads and workers too, as under a one-CPU limit),"
+        " wrk, the receiver and the emulator on CPU 1: CPU per alert and ratios of one core",
+    )
+    parser.add_argument(
+        "--receiver",
+        choices=("minimal", "emulate"),
+        default="minimal",
+        help="what delivery drains into: bench/receiver.py, which only answers and counts (default), or the strict"
+        " emulator (which costs about as much CPU per event as the bridge)",
+    )
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     parser.add_argument("--workers", type=int, default=8, help="bridge delivery workers (default 8)")
     args = parser.parse_args(argv)
@@ -80,6 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, key, default)
     if args.rounds < 1 or args.seconds < 1 or args.events < 1:
         parser.error("--rounds, --seconds and --events must be at least 1")
+    if args.pinned and (os.cpu_count() or 1) < 2:
+        parser.error("--pinned needs two CPUs")
     return args
 
 
@@ -126,6 +145,7 @@ def intake_rows(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
                 fmt(row["p50_ms"]),
                 fmt(row["p99_ms"]),
                 fmt(row.get("ratio_to_baseline")),
+                fmt(row.get("ratio_to_durable")),
                 fmt(row["cpu_us_per_alert"]),
                 fmt(row["rss_idle_mib"]),
                 fmt(row["rss_load_mib"]),
@@ -206,7 +226,8 @@ def render(report: dict[str, Any]) -> str:
     args = report["args"]
     lines = [
         f"flashduty-bridge benchmark {report['started']}, {report['minutes']:.1f} min, {os.cpu_count()} CPUs,"
-        f" load average {report['loadavg_start']} at start, {report['loadavg_end']} at end",
+        f" load average {report['loadavg_start']} at start, {report['loadavg_end']} at end"
+        + (", pinned: servers under test on CPU 0, load on CPU 1" if args.get("pinned") else ""),
     ]
     for source in report["sources"]:
         lines.append(f"  {source['label']}: {source['path']} (version {source['version']}, git {source['git'] or '?'})")
@@ -226,7 +247,8 @@ def render(report: dict[str, Any]) -> str:
         )
     if "delivery" in report:
         lines += table(
-            f"Delivery: {args['events']:,} events queued during an emulated 503 outage, then drained into emulate"
+            f"Delivery: {args['events']:,} events queued during an emulated 503 outage, then drained into"
+            f" {'the minimal receiver' if args.get('receiver', 'emulate') == 'minimal' else 'emulate'}"
             f" (limits lifted, {args['workers']} workers, drain cut at {args['drain_seconds']:.0f} s);"
             f" median of {args['rounds']} round(s)",
             DELIVERY_COLUMNS.split("|"),
@@ -285,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
         return 2
     sources = sources_from(args.bridge_src)
+    if args.pinned:
+        pin(server="0", load="1")
     started, t0 = time.strftime("%Y-%m-%d %H:%M:%S"), time.monotonic()
     report: dict[str, Any] = {
         "args": vars(args),
@@ -300,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             report["intake"] = {"summary": summary, "runs": runs}
             report["half_load"] = intake.half_load(work, sources, summary, args.seconds, args.connections)
         if args.only != "intake":
-            targets = delivery.targets(sources, postgresql=not args.no_postgresql and postgresql_answers())
+            postgresql = not args.no_postgresql and postgresql_answers()
+            targets = delivery.targets(sources, postgresql, args.receiver)
             runs = delivery.run_rounds(
                 work, targets, args.rounds, args.events, args.workers, drain_seconds=args.drain_seconds
             )
@@ -312,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / time.strftime("bench-%Y%m%d-%H%M%S.json")
     report["table"] = text
+    report["markdown"] = readme.render(report)  # the README's tables: python -m bench.readme FILE prints them
     out.write_text(json.dumps(without_nan(report), indent=2))
     print(text)
     log(f"wrote {out}")

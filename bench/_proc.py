@@ -25,10 +25,59 @@ def log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def descendants(pid: int) -> list[int]:
+    """The live children of ``pid`` (every thread's), their children, and so on."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            children = [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
+
+
+def _own_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # exited between the listing and the read
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (all its threads) and its live descendants (the bridge's
+    worker processes, which handle large bodies), in seconds."""
+    return sum(_own_cpu_seconds(p) for p in (pid, *descendants(pid)))
+
+
+@dataclass
+class Pinning:
+    """``--pinned``: every server under test on CPU ``server``, the load generator (and helper
+    processes such as the receiver) on CPU ``load``; empty prefixes when not pinned."""
+
+    server: str = ""
+    load: str = ""
+
+    def server_prefix(self) -> list[str]:
+        # taskset execs the command: the PID stays the server's; its threads and children inherit the mask.
+        return ["taskset", "-c", self.server] if self.server else []
+
+    def load_prefix(self) -> list[str]:
+        return ["taskset", "-c", self.load] if self.load else []
+
+
+PINNING = Pinning()
+
+
+def pin(server: str, load: str) -> None:
+    """Pin servers to ``server`` and load generators to ``load`` (CPU lists as taskset takes them)."""
+    PINNING.server, PINNING.load = server, load
 
 
 def rss_mib(pid: int) -> float:
@@ -124,17 +173,24 @@ def start_bridge(
     path.write_text(yaml.safe_dump(config))
     port = free_port()
     proc = Proc(
-        python_module("bridge", "serve", "--config", str(path), "--listen", f"{LOOPBACK}:{port}"),
+        [
+            *PINNING.server_prefix(),
+            *python_module("bridge", "serve", "--config", str(path), "--listen", f"{LOOPBACK}:{port}"),
+        ],
         work / f"{name}.log",
         env={**source.env(), **(env or {})},
     )
     return _ready(proc, f"http://{LOOPBACK}:{port}", "/-/ready")
 
 
-def start_module(work: Path, name: str, argv_for_port: list[str], ready: str) -> tuple[Proc, str]:
-    """A helper process (emulator, baseline) run from this repository, whatever ``--bridge-src`` says."""
+def start_module(
+    work: Path, name: str, argv_for_port: list[str], ready: str, *, under_test: bool = False
+) -> tuple[Proc, str]:
+    """A helper process (emulator, receiver) or a baseline server (``under_test``: pinned like the bridge)
+    run from this repository, whatever ``--bridge-src`` says."""
     port = free_port()
-    argv = [arg.replace("{port}", str(port)) for arg in argv_for_port]
+    prefix = PINNING.server_prefix() if under_test else PINNING.load_prefix()
+    argv = [*prefix, *(arg.replace("{port}", str(port)) for arg in argv_for_port)]
     proc = Proc(argv, work / f"{name}.log", env={"PYTHONPATH": str(REPO), "PYTHONSAFEPATH": "1"})
     return _ready(proc, f"http://{LOOPBACK}:{port}", ready)
 

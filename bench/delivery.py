@@ -1,6 +1,8 @@
-"""Delivery benchmark: how fast a backlog drains into a local Flashduty (the emulator).
+"""Delivery benchmark: how fast a backlog drains into a local Flashduty receiver.
 
-Each round starts ``emulate`` with its rate limits lifted and a bridge pointed at it with
+The receiver is ``bench/receiver.py`` (``minimal``: answers Flashduty's success JSON and counts,
+so the bridge's own CPU per event shows) or, with ``--receiver emulate``, the strict emulator.
+Each round starts the receiver with its rate limits lifted and a bridge pointed at it with
 its own limits lifted too, fills the outbox with ``events`` events (500-alert webhooks)
 while the emulator answers 503 (an outage), then ends the outage and measures the drain:
 events/s delivered, bridge CPU µs per event (user + system time of the bridge process,
@@ -60,6 +62,14 @@ def webhook(start: int, count: int) -> dict[str, Any]:
     return {"version": "4", "status": "firing", "receiver": "bench", "groupKey": "{}:{}", "alerts": alerts}
 
 
+def start_receiver(work: Path, receiver: str) -> tuple[Proc, str]:
+    """``minimal`` (bench/receiver.py: answers and counts) or ``emulate`` (the strict emulator)."""
+    if receiver == "emulate":
+        return start_emulator(work)
+    argv = [sys.executable, "-m", "bench.receiver", "--port", "{port}"]
+    return start_module(work, f"receiver-{time.monotonic_ns()}", argv, "/-/healthy")
+
+
 def start_emulator(work: Path) -> tuple[Proc, str]:
     argv = [sys.executable, "-m", "bridge", "emulate", "--listen", "127.0.0.1:{port}"]
     # Quiet: logging every request would make the receiver, not the bridge, the bottleneck.
@@ -75,13 +85,14 @@ class Target:
     source: BridgeSource
     backend: str = "sqlite"  # or "postgresql"
     replicas: int = 1
+    receiver: str = "minimal"  # or "emulate"
 
 
-def targets(sources: list[BridgeSource], postgresql: bool) -> list[Target]:
+def targets(sources: list[BridgeSource], postgresql: bool, receiver: str = "minimal") -> list[Target]:
     """SQLite for every source; with a PostgreSQL server, the first source on it with 1 and 2 replicas."""
-    found = [Target(source.label, source) for source in sources]
+    found = [Target(source.label, source, receiver=receiver) for source in sources]
     if postgresql:
-        found += [Target(f"postgresql x{n}", sources[0], "postgresql", n) for n in (1, 2)]
+        found += [Target(f"postgresql x{n}", sources[0], "postgresql", n, receiver) for n in (1, 2)]
     return found
 
 
@@ -107,7 +118,7 @@ def _round(
     workers: int,
     drain_seconds: float,
 ) -> dict[str, Any]:
-    emulator, emulator_url = start_emulator(work)
+    emulator, emulator_url = start_receiver(work, target.receiver)
     name = f"delivery-{target.label.replace(':', '-').replace(' ', '-')}-{time.monotonic_ns()}"
     config = {
         "storage": {**storage, "max_pending": events * 2},

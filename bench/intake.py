@@ -2,15 +2,20 @@
 
 Targets, each started fresh for every run on loopback:
 
-* ``baseline``: a bare Starlette app under the same uvicorn settings that parses the
+* ``bare``: a bare Starlette app under the same uvicorn settings that parses the
   JSON body and answers 200: the ceiling for any Python webhook receiver here;
+* ``durable``: the simplest receiver that may promise "200 means on disk": it validates the
+  body with pydantic and INSERTs every alert in one SQLite WAL transaction per request with
+  ``synchronous=FULL``, then answers (the fair reference: ``vs durable``);
 * the bridge (``flashduty-bridge serve`` from each ``--bridge-src`` checkout) in dry-run
   mode on a fresh outbox, so delivery runs too (it shares the cores, as in production)
   but nothing leaves the machine.
 
 Payloads carry 1, 10 or 100 alerts, distinct in every request (a Lua script builds them).
 Max-rate runs use ``wrk -t2``; baseline and bridge runs are interleaved, and their order
-flips every round. Half-load runs pace one ``wrk`` thread with the script's ``delay()``
+flips every round. With ``--pinned`` every server under test runs on CPU 0 (``taskset``: its
+threads and worker processes too, as under a one-CPU limit) and ``wrk`` on CPU 1, so CPU per
+alert and the ratios are those of one core. Half-load runs pace one ``wrk`` thread with the script's ``delay()``
 (a schedule kept with the monotonic clock, through LuaJIT's FFI), so the rate does not
 depend on the latency. Every run is bounded by ``wrk -d``.
 
@@ -30,17 +35,18 @@ from typing import Any
 
 import httpx
 
-from bench._proc import BridgeSource, cpu_seconds, log, rss_mib, scrape, start_bridge, start_module, value
+from bench._proc import PINNING, BridgeSource, cpu_seconds, log, rss_mib, scrape, start_bridge, start_module, value
 from tests.support.procs import Proc
 
-BASELINE = "baseline"
+BASELINE = "bare"  # the ceiling: "vs bare"
+DURABLE = "durable"  # the fair reference: "vs durable"
 SIZES = (1, 10, 100)
 ACCEPTED = "flashduty_bridge_alerts_received_total"
 ACCEPTED_LABELS = {"outcome": "accepted", "source": "alertmanager"}
 PENDING = "flashduty_bridge_outbox_pending"
 WRK_TIMEOUT = "10s"  # well above any latency here, so slow answers count in the percentiles, not as errors
 
-BASELINE_APP = textwrap.dedent(
+BARE_APP = textwrap.dedent(
     """
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse
@@ -56,6 +62,59 @@ BASELINE_APP = textwrap.dedent(
     app = Starlette(routes=[Route("/alertmanager", receive, methods=["POST"]), Route("/-/ready", ready)])
     """
 )
+
+# The simplest receiver that may say "200 means on disk": parse and validate with pydantic,
+# INSERT every alert in one SQLite WAL transaction per request with synchronous=FULL (the
+# commit is fsynced before the answer), answer. No group commit, no thread: the commit runs on
+# the loop, as a plain receiver would write it.
+DURABLE_APP = textwrap.dedent(
+    """
+    import os
+    import sqlite3
+
+    from pydantic import BaseModel
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    class Alert(BaseModel):
+        status: str
+        labels: dict[str, str]
+        annotations: dict[str, str] = {}
+        startsAt: str = ""
+        endsAt: str = ""
+        generatorURL: str = ""
+        fingerprint: str = ""
+
+    class Webhook(BaseModel):
+        version: str = "4"
+        status: str
+        receiver: str = ""
+        groupKey: str = ""
+        alerts: list[Alert]
+
+    db = sqlite3.connect(os.environ["DURABLE_DB"], isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS alerts (id INTEGER PRIMARY KEY, fingerprint TEXT, status TEXT, body TEXT)"
+    )
+
+    async def receive(request):
+        hook = Webhook.model_validate_json(await request.body())
+        rows = [(a.fingerprint, a.status, a.model_dump_json()) for a in hook.alerts]
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO alerts (fingerprint, status, body) VALUES (?, ?, ?)", rows)
+        db.execute("COMMIT")
+        return JSONResponse({"request_id": "x", "data": {"accepted": len(rows)}})
+
+    async def ready(request):
+        return JSONResponse({"status": "ready"})
+
+    app = Starlette(routes=[Route("/alertmanager", receive, methods=["POST"]), Route("/-/ready", ready)])
+    """
+)
+BASELINES = {"bare": BARE_APP, "durable": DURABLE_APP}
 
 # ALERTS_PER_REQUEST alerts per request, distinct across requests and threads, each with the
 # fingerprint Alertmanager (since 0.19) sends, unique per alert like a real one. With
@@ -153,7 +212,15 @@ def run_wrk(
     env = {"ALERTS_PER_REQUEST": str(per_request), "PATH": "/usr/bin:/bin"}
     if rate:
         env["RATE_PER_THREAD"] = str(rate / threads)
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", f"--timeout={WRK_TIMEOUT}", "--latency"]
+    argv = [
+        *PINNING.load_prefix(),
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        f"--timeout={WRK_TIMEOUT}",
+        "--latency",
+    ]
     cpu0 = cpu_seconds(watch) if watch else 0.0
     wrk = subprocess.Popen(
         [*argv, "-s", str(script), f"{url}/"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
@@ -180,11 +247,20 @@ def run_wrk(
     return result
 
 
-def start_baseline(work: Path, name: str) -> tuple[Proc, str]:
-    (work / "baseline_app.py").write_text(BASELINE_APP)
-    argv = [sys.executable, "-m", "uvicorn", "--app-dir", str(work), "baseline_app:app", "--host", "127.0.0.1"]
-    argv += ["--port", "{port}", "--no-access-log", "--log-level", "warning"]
-    return start_module(work, name, argv, "/-/ready")
+def start_baseline(work: Path, name: str, target: str) -> tuple[Proc, str]:
+    (work / f"{target}_app.py").write_text(BASELINES[target])
+    argv = ["env", f"DURABLE_DB={work / name}.db", sys.executable, "-m", "uvicorn", "--app-dir", str(work)]
+    argv += [
+        f"{target}_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    return start_module(work, name, argv, "/-/ready", under_test=True)
 
 
 def start_dry_run_bridge(work: Path, name: str, source: BridgeSource) -> tuple[Proc, str]:
@@ -211,7 +287,7 @@ def one_run(
 ) -> dict[str, Any]:
     """Start ``target`` fresh, load it once, stop it. Bridge runs also check that 200 meant stored."""
     name = f"{target.replace(':', '-')}-{per}-{time.monotonic_ns()}"
-    proc, url = start_baseline(work, name) if source is None else start_dry_run_bridge(work, name, source)
+    proc, url = start_baseline(work, name, target) if source is None else start_dry_run_bridge(work, name, source)
     try:
         time.sleep(0.3)
         result: dict[str, Any] = {"target": target, "alerts_per_request": per, "rss_idle_mib": rss_mib(proc.pid)}
@@ -258,6 +334,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         base = summary.get(f"{BASELINE}/{per}")
         if target != BASELINE and base and base["alerts_per_s"] > 0:
             row["ratio_to_baseline"] = row["alerts_per_s"] / base["alerts_per_s"]
+        durable = summary.get(f"{DURABLE}/{per}")
+        if target not in (BASELINE, DURABLE) and durable and durable["alerts_per_s"] > 0:
+            row["ratio_to_durable"] = row["alerts_per_s"] / durable["alerts_per_s"]
     return summary
 
 
@@ -267,7 +346,11 @@ def max_rate(
     """Interleaved max-rate runs: per round and size, the baseline and every bridge, order flipped each round."""
     script = work / "alerts.lua"
     script.write_text(LUA)
-    targets: list[tuple[str, BridgeSource | None]] = [(BASELINE, None), *((s.label, s) for s in sources)]
+    targets: list[tuple[str, BridgeSource | None]] = [
+        (BASELINE, None),
+        (DURABLE, None),
+        *((s.label, s) for s in sources),
+    ]
     runs = []
     for round_ in range(rounds):
         for per in sizes:

@@ -39,6 +39,14 @@ _TPL = "[TPL]"
 _LINKS_MAX = 1024
 #: Sender kinds whose status comes from the source config rather than the severity table.
 _KIND_STATUS = {"nodata": "nodata_status", "error": "error_status", "test": "test_status"}
+#: Label-name sets whose order and validity a Mapper remembers; beyond it the memory is cleared
+#: (a sender inventing new names per alert costs what it cost before the cache, never memory).
+_PLANS_MAX = 2048
+
+#: The order of a label-name set whose names are all valid Flashduty keys and distinct: each entry
+#: is (from the labels, not the annotations; the name), at most LABELS_MAX of them; and how many
+#: names the cap drops.
+_Plan = tuple[tuple[tuple[bool, str], ...], int]
 
 
 def _one_line(text: str) -> str:
@@ -93,6 +101,9 @@ class Mapper:
 
     def __init__(self, config: SourceMapping) -> None:
         self.config = config
+        # Most alerts of a sender share their label names: their order and validity are computed
+        # once per (priority, label names, annotation names) and reused while every value is set.
+        self._plans: dict[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], _Plan | None] = {}
 
     def event(self, alert: Alert, notes: Notes, target: Target | None = None) -> Event:
         """The event for ``alert``, with the label rules and severity table of the route that chose it."""
@@ -231,13 +242,64 @@ class Mapper:
             if removed:
                 notes.labels_dropped["rule"] += removed
         # From here on own and annotations are only read (they may be the alert's own dicts).
-        priority = [name for rule in rules for name in rule.priority]
+        priority = tuple(name for rule in rules for name in rule.priority)
+        if "" not in own.values() and "" not in annotations.values():  # a blank value is left out: no plan
+            plan_key = (priority, tuple(own), tuple(annotations))
+            if plan_key in self._plans:
+                plan = self._plans[plan_key]
+            else:
+                if len(self._plans) >= _PLANS_MAX:
+                    self._plans.clear()
+                plan = self._plans[plan_key] = self._plan(own, annotations, priority)
+            if plan is not None:
+                return self._labels_by_plan(plan, own, annotations, notes)
+        return self._labels(own, annotations, priority, notes)
+
+    def _labels_by_plan(
+        self, plan: _Plan, own: Mapping[str, str], annotations: Mapping[str, str], notes: Notes
+    ) -> dict[str, str]:
+        """What :meth:`_labels` gives for a name set it found all valid and distinct, every value set."""
+        out: dict[str, str] = {}
+        slots, dropped = plan
+        for from_own, name in slots:
+            value = limits.clean_text(own[name] if from_own else annotations[name])
+            out[name] = (
+                self._limit("label_value", value, contract.LABEL_VALUE_MAX, notes)
+                if len(value) > contract.LABEL_VALUE_MAX
+                else value
+            )
+        if dropped:
+            notes.labels_dropped["limit"] += dropped
+        return out
+
+    def _order(
+        self, own: Mapping[str, str], annotations: Mapping[str, str], priority: tuple[str, ...]
+    ) -> tuple[list[str], list[str], list[str], list[str]]:
+        """Label names (identity first, then the rest sorted) and annotation names (preferred first)."""
         order = (*priority, *self.config.identity_labels) if priority else self.config.identity_labels
         first = list(dict.fromkeys([name for name in order if name in own]))
         rest = sorted(set(own).difference(first))
         preferred = [name for name in priority if name in annotations and name not in own]
         preferred += [name for name in _PREFERRED_ANNOTATIONS if name in annotations and name not in preferred]
         others = sorted(set(annotations) - set(preferred))
+        return first, rest, preferred, others
+
+    def _plan(self, own: Mapping[str, str], annotations: Mapping[str, str], priority: tuple[str, ...]) -> _Plan | None:
+        """The plan of a name set whose values are all set, or None when some name needs rewriting."""
+        first, rest, preferred, others = self._order(own, annotations, priority)
+        slots = [(True, name) for name in first + rest] + [(False, name) for name in preferred + others]
+        names = [name for _, name in slots]
+        if len(set(names)) < len(names):  # a name in both: the slow path decides
+            return None
+        if not all(len(name) <= contract.LABEL_KEY_MAX and limits.is_label_key(name) for name in names):
+            return None
+        kept = tuple(slots[: contract.LABELS_MAX])
+        return kept, len(slots) - len(kept)
+
+    def _labels(
+        self, own: Mapping[str, str], annotations: Mapping[str, str], priority: tuple[str, ...], notes: Notes
+    ) -> dict[str, str]:
+        first, rest, preferred, others = self._order(own, annotations, priority)
         candidates = [(name, value) for name in first + rest if (value := own[name]) != ""]
         candidates += [(name, value) for name in preferred + others if (value := annotations[name]) != ""]
         identity = first

@@ -623,3 +623,19 @@ def test_the_readme_severity_table_is_the_default_severity_map() -> None:
         for name in names.split(",")
     }
     assert table_ == config_module.DEFAULT_SEVERITY_MAP
+
+
+def test_the_benchmark_tables_are_bench_readme_output_and_their_ratios_add_up() -> None:
+    """The README's measured tables have bench.readme's columns; each 'vs durable' is the row's alerts/s over the
+    durable receiver's of the same size (so a hand-edited figure shows)."""
+    from bench.readme import DELIVERY_HEADER, INTAKE_HEADER
+
+    intake = table("Benchmark", "Measured", first=INTAKE_HEADER[0])
+    delivery = table("Benchmark", "Measured", first=DELIVERY_HEADER[0])
+    assert list(intake.header) == INTAKE_HEADER
+    assert list(delivery.header) == DELIVERY_HEADER
+    durable = {row[0]: float(row[2].replace(",", "")) for row in intake.rows if row[1] == "durable"}
+    bridges = [row for row in intake.rows if row[1].startswith("bridge")]
+    assert bridges and set(durable) == {"1", "10", "100"}
+    for row in bridges:
+        assert float(row[3]) == pytest.approx(float(row[2].replace(",", "")) / durable[row[0]], abs=0.006), row

@@ -261,3 +261,35 @@ def test_one_line_is_whitespace_collapsing_for_every_code_point() -> None:
     for code in range(0x110000):
         text = f" a{chr(code)}{chr(code)}b {chr(code)}"
         assert mapping._one_line(text) == whitespace.sub(" ", text).strip(), hex(code)
+
+
+# -- the per-name-set plan cache -----------------------------------------------------------
+
+
+def test_a_remembered_name_set_maps_like_a_fresh_mapper_whatever_the_values() -> None:
+    """Alerts sharing label names, with blank, long, non-ASCII and over-cap values, map as a fresh Mapper maps them."""
+    names = {"alertname": "A", "instance": "i", **{f"extra_{n:02d}": str(n) for n in range(55)}}
+    variants = [
+        names,
+        {**names, "instance": ""},
+        {**names, "instance": "x" * (contract.LABEL_VALUE_MAX + 5)},
+        {**names, "instance": "caf\u00e9 \u2713"},
+    ]
+    warm, warm_notes = make()
+    for labels in variants * 2:
+        alert = firing(labels, {"summary": "s", "bad name": "b"})
+        cold, cold_notes = make()
+        before = warm_notes.to_json()
+        assert warm.labels(alert, warm_notes) == cold.labels(alert, cold_notes)
+        after = warm_notes.to_json()
+        for kind in ("labels_dropped", "labels_renamed", "truncations"):
+            for reason, n in cold_notes.to_json().get(kind, {}).items():
+                assert after.get(kind, {}).get(reason, 0) - before.get(kind, {}).get(reason, 0) == n
+
+
+def test_the_plan_cache_stays_bounded_when_every_alert_invents_label_names() -> None:
+    """A sender with new label names in every alert cannot grow a Mapper's memory."""
+    mapper, notes = make()
+    for n in range(mapping._PLANS_MAX * 2 + 10):
+        mapper.labels(firing({"alertname": "A", f"label_{n}": "v"}), notes)
+        assert len(mapper._plans) <= mapping._PLANS_MAX

@@ -196,6 +196,38 @@ async def test_the_wal_is_checkpointed_by_the_outbox_thread_so_it_stops_growing(
     assert checked * 4 < unchecked, (checked, unchecked)
 
 
+async def test_puts_commit_while_a_checkpoint_copies_the_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint's copy and fsync run on a connection of their own: puts queued meanwhile commit at once."""
+    import threading
+
+    copying, release = threading.Event(), threading.Event()
+    main_connections: list[sqlite3.Connection] = []
+    plain = writer.checkpoint_wal
+
+    def slow_copy(db: sqlite3.Connection) -> None:
+        if db not in main_connections:  # the checkpoint connection: hold it mid-copy
+            copying.set()
+            release.wait(10)
+        plain(db)
+
+    monkeypatch.setattr(writer, "CHECKPOINT_CHANGES", 50)
+    monkeypatch.setattr(writer, "checkpoint_wal", slow_copy)
+    box = SqliteOutbox(tmp_path / "outbox", max_pending=10_000)
+    await box.open()
+    try:
+        main_connections.append(box._writer.conn())
+        await box.put([ev(f"k{i}", "x" * 200) for i in range(60)])  # enough changes for a checkpoint
+        await asyncio.get_running_loop().run_in_executor(None, copying.wait, 10)
+        assert copying.is_set(), "no checkpoint started"
+        stored = await asyncio.wait_for(box.put([ev("during", "d")]), timeout=5)
+        assert stored == [True]
+        assert not release.is_set()  # the copy was still running when the put committed
+    finally:
+        release.set()
+        await box.close()
+    assert "during" in {row["alert_key"] for row in rows(box.path)}
+
+
 async def test_a_failed_group_transaction_fails_every_caller_and_keeps_the_pending_count(tmp_path: Path) -> None:
     """One broken write rolls back the whole group; the others hear about it and nothing is half-counted."""
     box = SqliteOutbox(tmp_path / "outbox", max_pending=1000)

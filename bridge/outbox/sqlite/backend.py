@@ -70,7 +70,7 @@ class SqliteOutbox:
             clock=clock,
             retention=retention,
         )
-        self._writer = GroupWriter(lambda: self._db, self._queries, self.health, clock)
+        self._writer = GroupWriter(lambda: self._db, self._queries, self.health, clock, path=self.path)
         self._closed = False
 
     @property
@@ -134,6 +134,7 @@ class SqliteOutbox:
         self._writer.shutdown()
 
     def _close(self) -> None:
+        self._writer.close_checkpoints()  # first: the main connection must be the last to close
         if self._db is not None:
             self._db.close()
             self._db = None

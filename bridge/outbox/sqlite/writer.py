@@ -13,8 +13,10 @@ nothing (``synchronous=NORMAL``: it survives ``kill -9``; a power cut can only l
 ack, which means one more delivery, never a lost event): when the connection is free
 it commits right on the event loop, which costs less than handing it to the thread (a
 thread switch and GIL contention on every delivery). Automatic WAL checkpoints are off
-for that reason (they fsync inside the commit that triggers them); the thread
-checkpoints every ``CHECKPOINT_CHANGES`` changed rows instead.
+for that reason (they fsync inside the commit that triggers them); a checkpoint thread
+checkpoints every ``CHECKPOINT_CHANGES`` changed rows instead, on a connection of its own
+(``PASSIVE``: it waits for no reader or writer), so a checkpoint copying the WAL and fsyncing
+the file never holds up the commits queued behind it.
 
 Every storage failure is recorded in the outbox's :class:`~bridge.outbox.health.StorageHealth`
 and reaches the caller as :class:`~bridge.outbox.model.OutboxUnavailable`.
@@ -30,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from bridge.outbox.health import StorageHealth
@@ -42,6 +45,12 @@ log = logging.getLogger("bridge.outbox")
 
 #: Rows changed between WAL checkpoints (SQLite's automatic checkpoint is about 1,000 pages).
 CHECKPOINT_CHANGES = 5000
+
+
+def checkpoint_wal(db: sqlite3.Connection) -> None:
+    """Copy what the WAL holds into the database file, as far as no reader needs it (never waits)."""
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
 
 #: ``put`` and ``probe`` fsync their commit; ``claim`` and ``record`` (acks, retries, dead letters) do not.
 Operation = Literal["put", "probe", "claim", "record"]
@@ -76,8 +85,10 @@ class GroupWriter:
         queries: Queries,
         health: StorageHealth,
         clock: Callable[[], float] = time.time,
+        path: Path | None = None,
     ) -> None:
         self._connection = connection
+        self._path = path  # the database file, for the checkpoint connection (None: checkpoint on the main one)
         self._queries = queries
         self._health = health
         self._clock = clock
@@ -89,6 +100,8 @@ class GroupWriter:
         self._committing = False
         self._checkpointed_at = 0  # the connection's total_changes at the last checkpoint
         self._checkpointing = False
+        self._checkpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-checkpoint")
+        self._checkpoint_db: sqlite3.Connection | None = None
 
     # -- the connection and the outbox thread ---------------------------------------------
 
@@ -111,7 +124,16 @@ class GroupWriter:
             return func(*args)
 
     def shutdown(self) -> None:
+        self.close_checkpoints()
         self._executor.shutdown(wait=True)
+
+    def close_checkpoints(self) -> None:
+        """Wait for a running checkpoint and close its connection; call before closing the main one,
+        so that the main connection is the last and its close checkpoints and removes the WAL."""
+        self._checkpoints.shutdown(wait=True)
+        if self._checkpoint_db is not None:
+            self._checkpoint_db.close()
+            self._checkpoint_db = None
 
     def transaction(self, work: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
         """Run ``work`` in one transaction; ``durable`` fsyncs the commit (events accepted from a sender).
@@ -242,23 +264,31 @@ class GroupWriter:
     # -- checkpoints ---------------------------------------------------------------------
 
     def _checkpoint_soon(self) -> None:
-        """Checkpoint the WAL on the outbox thread once enough has changed since the last time."""
+        """Checkpoint the WAL on the checkpoint thread once enough has changed since the last time."""
         db = self._connection()
         if db is None or self._checkpointing or db.total_changes - self._checkpointed_at < CHECKPOINT_CHANGES:
             return
         self._checkpointing = True
+        self._checkpointed_at = db.total_changes
         asyncio.get_running_loop().create_task(self._checkpoint())
 
-    async def _checkpoint(self) -> None:
-        def checkpoint() -> None:
-            db = self.conn()
-            self._checkpointed_at = db.total_changes
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    def _checkpoint_on_own_connection(self) -> None:
+        if self._checkpoint_db is None:
+            assert self._path is not None
+            self._checkpoint_db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        checkpoint_wal(self._checkpoint_db)
 
+    async def _checkpoint(self) -> None:
         try:
-            await self.run(checkpoint)
-        except OutboxUnavailable:
-            pass  # closed meanwhile: closing checkpoints the WAL itself
+            if self._path is None:
+                await self.run(lambda: checkpoint_wal(self.conn()))
+            else:
+                await asyncio.get_running_loop().run_in_executor(self._checkpoints, self._checkpoint_on_own_connection)
+                # The copy and its fsync are done; a checkpoint on the main connection, with nothing
+                # left to copy, lets its next write start the WAL over instead of growing it.
+                await self.run(lambda: checkpoint_wal(self.conn()))
+        except (OutboxUnavailable, RuntimeError):
+            pass  # closed meanwhile (RuntimeError: the executor is shut down): closing checkpoints the WAL itself
         except Exception as exc:  # I/O trouble (a full disk): counted; the next commit will say so too
             self._health.noted("checkpoint", exc)
         finally:
