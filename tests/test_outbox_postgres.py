@@ -309,3 +309,17 @@ async def test_a_passthrough_key_another_replica_took_is_delivered_not_parked(re
         await dispatcher.stop(timeout=5)
     assert sent == [("KEY-2", "via url")]
     assert await b.dead_letters(ALL) == []
+
+
+async def test_puts_of_thousands_of_distinct_keys_committed_together_are_stored(database: postgres.Database) -> None:
+    """A group transaction locks every key it adds to: many large requests at once (here 6,000 distinct keys in one
+    transaction, beyond PostgreSQL's 1,664 target-list entries and near its 32,767 bind parameters) still commit."""
+    box = PostgresOutbox(database.dsn, max_pending=10_000)
+    await box.open()
+    try:
+        requests = [[ev(f"k{r}-{n}", f"e{r}-{n}") for n in range(1000)] for r in range(6)]
+        stored = await asyncio.gather(*(box.put(events) for events in requests))
+        assert stored == [[True] * 1000] * 6
+        assert (await box.stats()).pending == 6000
+    finally:
+        await box.close()

@@ -45,14 +45,18 @@ def lock_statement(keys: Iterable[tuple[str, str]], *, durable: bool = False) ->
 
     ``durable``: this transaction accepts events from senders, so its COMMIT waits for the WAL flush
     (``synchronous_commit = on``); the connections' default is ``off``, for bookkeeping (see the backend).
-    One round trip: the lock keys are integers computed here, so they are literals, safely.
+    One round trip: the lock keys are integers computed here, so they are literals, safely; one array
+    literal, not one call per key, since a select list holds at most 1,664 entries and a group
+    transaction may lock many thousands of keys.
     """
     statements = ["BEGIN"]
     if durable:
         statements.append("SET LOCAL synchronous_commit = on")
     locks = sorted({key_lock(*key) for key in keys})
     if locks:
-        statements.append("SELECT " + ", ".join(f"pg_advisory_xact_lock({lock})" for lock in locks))
+        # unnest returns the elements in array order: the locks are taken ascending.
+        array = "{" + ",".join(str(lock) for lock in locks) + "}"
+        statements.append(f"SELECT count(pg_advisory_xact_lock(k)) FROM unnest('{array}'::bigint[]) AS k")
     return "; ".join(statements)
 
 
