@@ -29,16 +29,8 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-#: Contract tests of this module that do not need the trail itself: they run on PostgreSQL too.
-TRAIL_FREE = frozenset(
-    {"test_stats_by_destination_count_pending_and_dead_with_the_oldest", "test_an_unknown_event_is_none"}
-)
-
-
 @pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OutboxBackend]:
-    if request.param == "postgresql" and request.node.originalname not in TRAIL_FREE:
-        pytest.skip("the trail is not kept on PostgreSQL yet (issue 15's PostgreSQL part, after issue 13)")
     async with backend_under_test(request.param, tmp_path) as under_test:
         yield under_test
 
