@@ -72,6 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="skip the PostgreSQL delivery rows (they run when BRIDGE_TEST_POSTGRES_DSN, default"
         " postgresql://postgres@127.0.0.1:5432/test, answers)",
     )
+    parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite delivery rows")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     parser.add_argument("--workers", type=int, default=8, help="bridge delivery workers (default 8)")
     args = parser.parse_args(argv)
@@ -300,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             report["intake"] = {"summary": summary, "runs": runs}
             report["half_load"] = intake.half_load(work, sources, summary, args.seconds, args.connections)
         if args.only != "intake":
-            targets = delivery.targets(sources, postgresql=not args.no_postgresql and postgresql_answers())
+            targets = delivery.targets(
+                sources, postgresql=not args.no_postgresql and postgresql_answers(), sqlite=not args.no_sqlite
+            )
             runs = delivery.run_rounds(
                 work, targets, args.rounds, args.events, args.workers, drain_seconds=args.drain_seconds
             )
