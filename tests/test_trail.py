@@ -313,6 +313,15 @@ async def test_a_rare_match_among_many_newer_events_is_found(outbox: Outbox) -> 
     assert len(await outbox.trail(TrailFilter(labels=(("team", "common"),), limit=1000))) == 1000
 
 
+async def test_a_label_value_json_escapes_is_matched_exactly(outbox: Outbox) -> None:
+    """Quotes, backslashes and non-ASCII in a label value: the filter compares the value, not its JSON spelling."""
+    tricky = 'db "core" \\ équipe'
+    await outbox.put([event("tricky", "t", team=tricky), event("plain", "p", team="db core")])
+    assert [e.alert_key for e in await outbox.trail(TrailFilter(labels=(("team", tricky),)))] == ["tricky"]
+    assert [e.alert_key for e in await outbox.trail(TrailFilter(labels=(("team", "db core"),)))] == ["plain"]
+    assert await outbox.trail(TrailFilter(labels=(("team", "db"),))) == []
+
+
 async def test_an_unknown_event_is_none(outbox: Outbox) -> None:
     """trail_event of an id never given (or pruned) is None, not an error."""
     assert await outbox.trail_event(12345) is None

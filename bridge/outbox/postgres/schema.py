@@ -221,9 +221,10 @@ ALTER TABLE outbox_events
 CREATE INDEX outbox_events_by_key ON outbox_events (alert_key, id);
 -- Pruning walks finished events from the oldest; covering, so it reads no row.
 CREATE INDEX outbox_events_finished ON outbox_events (id, finished_at) WHERE finished_at IS NOT NULL;
--- The trail by outcome, and since a time, newest first.
-CREATE INDEX outbox_events_by_state ON outbox_events (state, id);
-CREATE INDEX outbox_events_created ON outbox_events (created_at);
+-- No more: every index is written for each event put and again when it is delivered (the row is updated, not
+-- deleted), and the delivery bench lost throughput to indexes on (state, id) and created_at. Filters by outcome,
+-- since or label walk the primary key newest first, over a trail that max_events bounds (100,000 rows: tens of
+-- milliseconds on the bench machine); pending and dead rows have their partial indexes from schema 1.
 -- Delivered: now the events stay, as the trail's 'delivered', with their attempt appended to their steps
 -- (notes[i] for ids[i]: a JSON step or null; fd_request_ids[i]: Flashduty's request_id). Otherwise as in
 -- schema 1, whose function stays for replicas of the previous version still running during a rolling upgrade.
