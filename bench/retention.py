@@ -17,7 +17,9 @@ off (SQLite reuses the pages pruning frees; the WAL is checkpointed every 5,000 
 
 ``--backend postgresql`` runs the bridge on a fresh schema of the tests' server (``BRIDGE_TEST_POSTGRES_DSN``)
 instead; "disk" is then ``pg_total_relation_size`` of ``outbox_events`` (table, indexes and TOAST): flat
-means autovacuum lets pruned and updated rows' space be reused. ``--max-events`` sets ``storage.history.max_events``
+means vacuum lets pruned and updated rows' space be reused. A server with autovacuum off (as the tests'
+may be) shows the growth without it; ``--vacuum-every N`` then runs ``VACUUM outbox_events`` every N events
+sent, standing in for autovacuum. ``--max-events`` sets ``storage.history.max_events``
 (a small one reaches the steady state sooner).
 """
 
@@ -34,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from bench._proc import RESULTS, BridgeSource, log, metric, rss_mib, start_bridge, start_module
+from bench._proc import REPO, RESULTS, BridgeSource, log, metric, rss_mib, start_bridge, start_module
 from bridge.outbox.trail import DEFAULT_MAX_EVENTS
 from tests.support import postgres
 
@@ -86,6 +88,9 @@ class Storage:
         """(events in the trail, finished ones)."""
         raise NotImplementedError
 
+    def vacuum(self) -> None:
+        """What autovacuum would do (PostgreSQL); nothing for SQLite, which reuses freed pages itself."""
+
 
 class SqliteStorage(Storage):
     def __init__(self, directory: Path) -> None:
@@ -113,11 +118,26 @@ class PostgresStorage(Storage):
         return float(size) / 2**20
 
     def rows(self) -> tuple[int, int]:
-        ((total, finished),) = self.database.query("SELECT count(*), count(finished_at) FROM outbox_events")
+        # By state, not finished_at: a bridge from before the trail (--bridge-src) has no such column.
+        ((total, finished),) = self.database.query(
+            "SELECT count(*), count(*) FILTER (WHERE state NOT IN ('pending', 'dead')) FROM outbox_events"
+        )
         return int(total), int(finished)
 
+    def vacuum(self) -> None:
+        self.database.query("VACUUM outbox_events")
 
-def run(work: Path, storage: Storage, events: int, every: int, pending_cap: int, max_events: int) -> dict[str, Any]:
+
+def run(
+    work: Path,
+    storage: Storage,
+    events: int,
+    every: int,
+    pending_cap: int,
+    max_events: int,
+    vacuum_every: int = 0,
+    source: Path = REPO,
+) -> dict[str, Any]:
     emulator, emulator_url = start_module(
         work,
         "emulator",
@@ -146,7 +166,7 @@ def run(work: Path, storage: Storage, events: int, every: int, pending_cap: int,
         },
         "log_level": "warning",
     }
-    bridge, url = start_bridge(work, "bridge", config, BridgeSource("bridge", Path(__file__).resolve().parent.parent))
+    bridge, url = start_bridge(work, "bridge", config, BridgeSource("bridge", source))
     samples: list[dict[str, Any]] = []
     sent = suppressed_sent = 0
     t0 = time.monotonic()
@@ -164,6 +184,8 @@ def run(work: Path, storage: Storage, events: int, every: int, pending_cap: int,
                 batch += 1
                 while metric(url, PENDING) > pending_cap:
                     time.sleep(0.05)
+                if vacuum_every and sent % vacuum_every == 0:
+                    storage.vacuum()
                 if sent % every == 0:
                     rows, finished = storage.rows()
                     sample = {
@@ -181,7 +203,8 @@ def run(work: Path, storage: Storage, events: int, every: int, pending_cap: int,
     finally:
         bridge.stop()
         emulator.stop()
-    return {"events": events, "max_events": max_events, "backend": type(storage).__name__, "samples": samples}
+    backend = type(storage).__name__ + (f", VACUUM every {vacuum_every:,} events" if vacuum_every else "")
+    return {"events": events, "max_events": max_events, "backend": backend, "samples": samples}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -209,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pending", type=int, default=5_000, help="most events queued before the next webhook")
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--max-events", type=int, default=DEFAULT_MAX_EVENTS, help="storage.history.max_events")
+    parser.add_argument("--bridge-src", type=Path, default=REPO, help="checkout whose bridge package runs")
+    parser.add_argument("--vacuum-every", type=int, default=0, help="PostgreSQL: VACUUM every N events sent")
     args = parser.parse_args(argv)
     if args.every % BATCH or args.events % BATCH:
         parser.error(f"--events and --every must be multiples of {BATCH}")
@@ -219,8 +244,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             with postgres.sync_database() as database:
+                storage = PostgresStorage(database)
                 report = run(
-                    Path(tmp), PostgresStorage(database), args.events, args.every, args.pending, args.max_events
+                    Path(tmp),
+                    storage,
+                    args.events,
+                    args.every,
+                    args.pending,
+                    args.max_events,
+                    args.vacuum_every,
+                    args.bridge_src.resolve(),
                 )
     text = render(report)
     RESULTS.mkdir(exist_ok=True)
