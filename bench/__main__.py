@@ -89,6 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="what delivery drains into: bench/receiver.py, which only answers and counts (default), or the strict"
         " emulator (which costs about as much CPU per event as the bridge)",
     )
+    parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite delivery rows")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     parser.add_argument("--workers", type=int, default=8, help="bridge delivery workers (default 8)")
     args = parser.parse_args(argv)
@@ -324,8 +325,12 @@ def main(argv: list[str] | None = None) -> int:
             report["intake"] = {"summary": summary, "runs": runs}
             report["half_load"] = intake.half_load(work, sources, summary, args.seconds, args.connections)
         if args.only != "intake":
-            postgresql = not args.no_postgresql and postgresql_answers()
-            targets = delivery.targets(sources, postgresql, args.receiver)
+            targets = delivery.targets(
+                sources,
+                postgresql=not args.no_postgresql and postgresql_answers(),
+                receiver=args.receiver,
+                sqlite=not args.no_sqlite,
+            )
             runs = delivery.run_rounds(
                 work, targets, args.rounds, args.events, args.workers, drain_seconds=args.drain_seconds
             )

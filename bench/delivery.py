@@ -8,8 +8,8 @@ while the emulator answers 503 (an outage), then ends the outage and measures th
 events/s delivered, bridge CPU µs per event (user + system time of the bridge process,
 from /proc), and the bridge's RSS idle, with the backlog, and after the drain.
 
-Targets: each bridge source on SQLite, and (with a PostgreSQL server, ``BRIDGE_TEST_POSTGRES_DSN``)
-the first one on a fresh schema with 1 and 2 replicas. With two, the backlog is posted to both
+Targets: each bridge source on SQLite (unless ``--no-sqlite``), and (with a PostgreSQL server,
+``BRIDGE_TEST_POSTGRES_DSN``) each one on a fresh schema with 1 and 2 replicas. With two, the backlog is posted to both
 at once and both drain it; CPU and RSS are the sum of the replicas. The fill is also an intake
 measurement (alerts/s answered 200 and committed, CPU µs per alert); for PostgreSQL, the bridge
 reaches the database through a counting proxy, which gives the round trips per alert in and
@@ -88,11 +88,16 @@ class Target:
     receiver: str = "minimal"  # or "emulate"
 
 
-def targets(sources: list[BridgeSource], postgresql: bool, receiver: str = "minimal") -> list[Target]:
-    """SQLite for every source; with a PostgreSQL server, the first source on it with 1 and 2 replicas."""
-    found = [Target(source.label, source, receiver=receiver) for source in sources]
+def targets(
+    sources: list[BridgeSource], postgresql: bool, receiver: str = "minimal", sqlite: bool = True
+) -> list[Target]:
+    """SQLite for every source; with a PostgreSQL server, every source on it with 1 and 2 replicas (labelled
+    ``postgresql xN``, or ``<source> postgresql xN`` for several sources, to compare them in one invocation)."""
+    found = [Target(source.label, source, receiver=receiver) for source in sources] if sqlite else []
     if postgresql:
-        found += [Target(f"postgresql x{n}", sources[0], "postgresql", n, receiver) for n in (1, 2)]
+        for source in sources:
+            prefix = f"{source.label} " if len(sources) > 1 else ""
+            found += [Target(f"{prefix}postgresql x{n}", source, "postgresql", n, receiver) for n in (1, 2)]
     return found
 
 

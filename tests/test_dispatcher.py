@@ -1150,13 +1150,6 @@ async def test_default_dispatcher_scans_the_outbox_for_destinations_only_now_and
 # -- the trail ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def trail_kept(h: Harness) -> None:
-    if h.backend.name == "postgresql":
-        pytest.skip("the trail is not kept on PostgreSQL yet (issue 15's PostgreSQL part, after issue 13)")
-
-
-@pytest.mark.usefixtures("trail_kept")
 async def test_every_attempt_is_recorded_in_the_trail_from_its_outcome(h: Harness) -> None:
     """Each attempt's outcome, code, HTTP status and Flashduty request id reach the event's trail, in order; the
     lane remembers its last failure for the console."""
@@ -1194,7 +1187,6 @@ async def test_the_delivery_loop_forgets_the_state_of_keys_idle_for_good(h: Harn
     await until(lambda: h.outbox.forgotten == 2, "the idle keys to be forgotten")
 
 
-@pytest.mark.usefixtures("trail_kept")
 async def test_the_delivery_loop_prunes_the_trail_past_its_retention(h: Harness) -> None:
     """Delivered events stay in the trail for max_age (24 h by default); the loop removes them afterwards."""
     await h.put(("k1", "a"), ("k2", "b"))

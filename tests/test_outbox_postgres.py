@@ -24,16 +24,19 @@ from bridge import logs
 from bridge.config import Config, DeliveryConfig, StorageConfig
 from bridge.destinations import Outcome, Reason, Verdict
 from bridge.metrics import Metrics
-from bridge.outbox import DeadLetterFilter, OpenRefused, OutboxUnusable
+from bridge.outbox import DeadLetterFilter, OpenRefused, OutboxUnusable, Retention, TrailFilter, policy
+from bridge.outbox import trail as trail_rules
 from bridge.outbox.dispatcher import Dispatcher
 from bridge.outbox.postgres import PostgresOutbox, queries
 from bridge.outbox.postgres import backend as backend_module
+from bridge.outbox.postgres import schema as schema_module
 from bridge.outbox.postgres.dsn import display, read_dsn, secrets
-from bridge.outbox.postgres.schema import SCHEMA_VERSION
+from bridge.outbox.postgres.schema import MIGRATIONS, SCHEMA_VERSION
 from bridge.passthrough import PassthroughKeys
 from tests.support import postgres
 from tests.support.clock import FakeClock
 from tests.support.outboxes import DEST, claim, ev
+from tests.test_trail import event, ok
 
 PASSWORD = "pw-SECRET-9c41"
 ALL = DeadLetterFilter()
@@ -228,6 +231,12 @@ async def test_time_is_the_databases_whatever_the_process_clock_says(
         assert abs(created - real()) < 5
         (event,) = await claim(box)
         assert abs(event.created_at - (real() + 3600)) < 5  # callers see their own clock
+        await box.dead(event.id, "InvalidParameter", "bad", None)
+        await box.purge(ALL)
+        found = await box.trail_event(event.id)  # the trail too: its times and its steps'
+        assert found is not None and found.finished_at is not None
+        times = [found.created_at, found.finished_at, *(s["at"] for s in found.steps)]
+        assert all(abs(at - (real() + 3600)) < 5 for at in times), times
     finally:
         await box.close()
 
@@ -346,3 +355,154 @@ async def test_a_passthrough_key_another_replica_took_is_delivered_not_parked(re
         await dispatcher.stop(timeout=5)
     assert sent == [("KEY-2", "via url")]
     assert await b.dead_letters(ALL) == []
+
+
+async def test_puts_of_thousands_of_distinct_keys_committed_together_are_stored(database: postgres.Database) -> None:
+    """A group transaction locks every key it adds to: many large requests at once (here 6,000 distinct keys in one
+    transaction, beyond PostgreSQL's 1,664 target-list entries and near its 32,767 bind parameters) still commit."""
+    box = PostgresOutbox(database.dsn, max_pending=10_000)
+    await box.open()
+    try:
+        requests = [[ev(f"k{r}-{n}", f"e{r}-{n}") for n in range(1000)] for r in range(6)]
+        stored = await asyncio.gather(*(box.put(events) for events in requests))
+        assert stored == [[True] * 1000] * 6
+        assert (await box.stats()).pending == 6000
+    finally:
+        await box.close()
+
+
+async def test_an_outbox_of_schema_1_is_upgraded_in_place_and_keeps_its_events_order_and_dead_letters(
+    database: postgres.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database the previous bridge made (schema 1: no trail) opens at the current schema: pending events are
+    delivered in their order, dead letters stay replayable, and from then on the trail is kept."""
+    clock = FakeClock()
+    monkeypatch.setattr(schema_module, "MIGRATIONS", {1: MIGRATIONS[1]})
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", 1)
+    old = PostgresOutbox(database.dsn, max_pending=100, clock=clock)
+    await old.open()  # creates schema 1
+    await old.close()
+    monkeypatch.undo()
+    # What a schema-1 bridge left: a key with a firing event (tried once) and its Ok behind it, and a dead letter.
+    database.query(
+        "INSERT INTO outbox_events (destination, alert_key, source, event_status, body, created_at, attempts)"
+        " VALUES ($1, 'k', 'alertmanager', 'Critical', 'firing', 1000, 1), ($1, 'k', 'alertmanager', 'Ok', 'ok',"
+        " 1000, 0) RETURNING id",
+        DEST,
+    )
+    database.query(
+        "INSERT INTO outbox_events (destination, alert_key, source, event_status, body, created_at, state, attempts,"
+        " last_code, last_error, request_id, dead_at)"
+        " VALUES ($1, 'bad', 'alertmanager', 'Critical', 'rejected', 1000, 'dead', 1, 'InvalidParameter', 'bad',"
+        " 'fd-1', 1000) RETURNING id",
+        DEST,
+    )
+    database.query(
+        "INSERT INTO outbox_heads (destination, alert_key, event_id, priority, next_attempt_at)"
+        " VALUES ($1, 'k', 1, $2, 1000) RETURNING 1",
+        DEST,
+        policy.priority("Critical"),
+    )
+    assert database.query("SELECT value FROM outbox_meta WHERE name = 'schema_version'") == [("1",)]
+
+    box = PostgresOutbox(database.dsn, max_pending=100, clock=clock)
+    await box.open()
+    try:
+        assert database.query("SELECT value FROM outbox_meta WHERE name = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+        assert [(e.alert_key, e.outcome, e.attempts) for e in await box.trail(TrailFilter())] == [
+            ("bad", "dead", 1),
+            ("k", "pending", 0),
+            ("k", "pending", 1),
+        ]
+        (firing,) = await claim(box)
+        assert firing.body == "firing"
+        await box.delivered(firing.id, ok(clock.now))
+        (resolved,) = await claim(box)
+        assert resolved.body == "ok"
+        assert (await box.replay(ALL)).replayed == [3]
+        await box.put([ev("new", "after the upgrade")], request_id="in-9")
+        delivered = await box.trail_event(firing.id)
+        assert delivered is not None and (delivered.outcome, delivered.steps[-1]["outcome"]) == ("delivered", "ok")
+        assert [(e.alert_key, e.inbound_request_id) for e in await box.trail(TrailFilter(alert_key="new"))] == [
+            ("new", "in-9")
+        ]
+    finally:
+        await box.close()
+
+
+async def test_claims_and_counts_read_pending_rows_only_however_long_the_trail(database: postgres.Database) -> None:
+    """With thousands of finished events kept, the claim statement and the counts read pending (and dead) rows
+    through index lookups (by id, by key, or on the state): their plans never walk the finished events."""
+    clock = FakeClock()
+    box = PostgresOutbox(database.dsn, max_pending=100_000, clock=clock)
+    await box.open()
+    try:
+        await box.put([event(f"done-{n}", "x") for n in range(5000)])
+        while batch := await claim(box, limit=1000):
+            for claimed in batch:
+                await box.delivered(claimed.id, ok(clock.now))
+        await box.put([event(f"pending-{n}", "x") for n in range(20)])
+        database.query("ANALYZE outbox_events")
+        database.query("ANALYZE outbox_heads")
+        plans = []
+        for sql, *args in (
+            (queries.CLAIM, DEST, clock.now, 10, 30.0, "replica", True, None, None, None, None),
+            (queries.STATS,),
+            (queries.STATS_BY_DESTINATION,),
+        ):
+            async with box._connection() as conn:  # the outbox's own session settings
+                plans.append(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args))
+        scans = [node for plan in plans for node in _nodes(plan) if node.get("Relation Name") == "outbox_events"]
+        # Index lookups bounded by an id, a key or the pending state: never a walk over the finished events.
+        assert scans and all(node["Node Type"] in ("Index Scan", "Index Only Scan") for node in scans), scans
+        for node in scans:
+            bound = node.get("Index Cond", "")
+            partial = node["Index Name"] in (
+                "outbox_events_pending",
+                "outbox_events_pending_by_key",
+                "outbox_events_dead",
+            )
+            keyed = any(cond in bound for cond in ("id =", "alert_key =", "state = 'pending'", "state = 'dead'"))
+            assert partial or keyed, node
+    finally:
+        await box.close()
+
+
+def _nodes(plan: Any) -> list[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan."""
+    import json
+
+    tree = json.loads(plan) if isinstance(plan, str) else plan
+    found: list[dict[str, Any]] = []
+    stack = [tree[0]["Plan"]] if isinstance(tree, list) else [tree]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        stack += node.get("Plans", [])
+    return found
+
+
+async def test_replicas_pruning_at_once_share_the_work_and_count_each_event_once(database: postgres.Database) -> None:
+    """Every replica prunes every second: at once they never fail, never delete an event twice, and together remove
+    exactly the finished events past the retention."""
+    clock = FakeClock()
+    boxes = [
+        PostgresOutbox(
+            database.dsn, max_pending=10_000, refresh_interval=300, retention=Retention(max_events=0), clock=clock
+        )
+        for _ in range(3)
+    ]
+    for box in boxes:
+        await box.open()
+    try:
+        repeats = 2 * trail_rules.PRUNE_BATCH + 500
+        await boxes[0].put([event("k", "x")] * (repeats + 1))  # one stored, the rest suppressed (finished)
+        pruned = 0
+        while counts := [n for n in await asyncio.gather(*(box.prune_trail() for box in boxes * 2)) if n]:
+            assert all(0 < n <= trail_rules.PRUNE_BATCH for n in counts)
+            pruned += sum(counts)
+        assert pruned == repeats
+        assert [e.outcome for e in await boxes[1].trail(TrailFilter())] == ["pending"]
+    finally:
+        for box in boxes:
+            await box.close()

@@ -45,7 +45,11 @@ def _postgresql(storage: StorageConfig, delivery: DeliveryConfig, clock: Clock) 
     except DsnError as exc:
         raise OpenRefused(f"outbox cannot be opened: {exc}") from None
     return PostgresOutbox(
-        dsn, max_pending=storage.max_pending, max_age=delivery.retry_horizon, refresh_interval=delivery.refresh_interval
+        dsn,
+        max_pending=storage.max_pending,
+        max_age=delivery.retry_horizon,
+        refresh_interval=delivery.refresh_interval,
+        retention=retention(storage),
     )
 
 

@@ -95,7 +95,9 @@ class PostgresBackend:
         return PostgresOutbox(self.database.dsn, **options)
 
     def events(self) -> list[dict[str, Any]]:
-        rows = self.database.query(f"SELECT {', '.join(EVENT_COLUMNS)} FROM outbox_events ORDER BY id")
+        rows = self.database.query(
+            f"SELECT {', '.join(EVENT_COLUMNS)} FROM outbox_events WHERE state IN ('pending', 'dead') ORDER BY id"
+        )
         return [dict(zip(EVENT_COLUMNS, row, strict=True)) for row in rows]
 
 

@@ -33,11 +33,11 @@ leases, ``created_at``) is on the server's clock, so replicas with skewed clocks
 leases. Callers keep using their own clock: ``retry_later``'s ``at`` and ``next_due`` are
 converted at the edge. A test can inject ``clock`` instead (then it is used as it is).
 
-**The trail** (:mod:`bridge.outbox.trail`) is not kept on PostgreSQL yet: ``put`` takes the inbound
-``request_id`` and the record calls take an ``attempt`` as the protocol says, but neither is stored,
-delivered events are deleted, ``trail``/``trail_event`` find nothing and ``prune_trail`` has nothing
-to do. That is the follow-up of issue 15 (schema migration 2: the trail's columns, and its steps in
-``put``, ``outbox_delivered``, ``retry_later``, ``park``, replay and purge).
+**The trail** (:mod:`bridge.outbox.trail`) is kept as on SQLite: every put event gets a row (suppressed
+repeats as ``suppressed``), finished events stay with their steps until ``prune_trail`` deletes them past
+the :class:`~bridge.outbox.trail.Retention`. Claims still read only pending rows (partial indexes); a
+trail read is one statement, which holds up no writer (MVCC). Every replica prunes; each deletes only
+the rows it locked (``SKIP LOCKED``), so concurrent prunes neither collide nor count twice.
 
 **Faults.** A database that does not answer at ``open`` is an :class:`OpenRefused` naming the
 database without its password (``serve`` exits 74). While running, every failed operation
@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -82,7 +83,7 @@ from bridge.outbox.postgres.dsn import display, secrets
 from bridge.outbox.postgres.queries import Conn
 from bridge.outbox.postgres.schema import migrate
 from bridge.outbox.postgres.writer import GroupWriter, Outcome
-from bridge.outbox.trail import Attempt, TrailEvent, TrailFilter
+from bridge.outbox.trail import Attempt, Retention, TrailEvent, TrailFilter, attempt_step, step
 
 T = TypeVar("T")
 
@@ -125,9 +126,11 @@ class PostgresOutbox:
         max_pending: int,
         max_age: float | None = None,
         refresh_interval: float = 0.0,
+        retention: Retention | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self._dsn = dsn
+        self.retention = retention or Retention()
         logs.add_secrets(secrets(dsn))
         self._location = display(dsn)
         self.max_pending = max_pending
@@ -333,7 +336,7 @@ class PostgresOutbox:
         if self._pool is None:
             raise OutboxClosed("outbox is not open")
         try:
-            stored = await self._writer.put(events)
+            stored = await self._writer.put(events, request_id)
         except (OutboxClosed, OutboxFull):
             raise
         except DATABASE_ERRORS as exc:
@@ -342,7 +345,7 @@ class PostgresOutbox:
             raise OutboxFull(f"outbox holds {self.max_pending} pending events")
         return stored
 
-    async def _admit(self, conn: Conn, requests: Sequence[Sequence[NewEvent]], now: float) -> policy.Admission:
+    async def _admit(self, conn: Conn, requests: Sequence[queries.Request], now: float) -> policy.Admission:
         return await queries.insert(
             conn,
             requests,
@@ -466,9 +469,12 @@ class PostgresOutbox:
                 if was_expired:
                     assert self.max_age is not None
                     message = policy.expiry_message(self.max_age)
-                    changed = await queries.park(conn, event.id, policy.EXPIRED, message, None, now, attempted=False)
+                    note = step(policy.EXPIRED, self._local(now), message=message)
+                    changed = await queries.park(
+                        conn, event.id, policy.EXPIRED, message, None, now, note, attempted=False
+                    )
                 else:
-                    changed = await queries.drop_superseded(conn, event.id, now)
+                    changed = await queries.coalesce_head(conn, event, now, self._local(now))
                 if changed:
                     done.append((event, was_expired))
             return done
@@ -486,7 +492,8 @@ class PostgresOutbox:
         if self._pool is None:
             raise OutboxClosed("outbox is not open")
         try:
-            await self._writer.delivered(event_id, key)
+            note = None if attempt is None else attempt_step(attempt)
+            await self._writer.delivered((event_id, key, note, None if attempt is None else attempt.request_id))
         except OutboxClosed:
             raise
         except DATABASE_ERRORS as exc:
@@ -497,7 +504,8 @@ class PostgresOutbox:
     ) -> None:
         self._claimed.pop(event_id, None)
         due = self._db(at)
-        await self._run("record", lambda conn: queries.retry_later(conn, event_id, due, code, error))
+        note = None if attempt is None else attempt_step(attempt)
+        await self._run("record", lambda conn: queries.retry_later(conn, event_id, due, code, error, note))
 
     async def dead(
         self, event_id: int, code: str, error: str, request_id: str | None, attempt: Attempt | None = None
@@ -508,8 +516,12 @@ class PostgresOutbox:
             if key is None:
                 return
         now = self._now()
+        if attempt is not None:
+            note = attempt_step(attempt)
+        else:
+            note = step("parked", self._local(now), code=code, message=error)
         parked = await self._keyed(
-            "record", [key], lambda conn: queries.park(conn, event_id, code, error, request_id, now)
+            "record", [key], lambda conn: queries.park(conn, event_id, code, error, request_id, now, note)
         )
         self._pending -= int(parked)
 
@@ -537,16 +549,32 @@ class PostgresOutbox:
             for destination, pending, dead, oldest in rows
         }
 
-    # -- the trail (not kept on PostgreSQL yet: see the module's docstring) -------------
+    # -- the trail ----------------------------------------------------------------------
 
     async def trail(self, where: TrailFilter) -> list[TrailEvent]:
-        return []
+        if where.since is not None:
+            where = dataclasses.replace(where, since=self._db(where.since))
+        found = await self._run("read", lambda conn: queries.trail_events(conn, where))
+        return [self._trail_local(event) for event in found]
 
     async def trail_event(self, event_id: int) -> TrailEvent | None:
-        return None
+        found = await self._run("read", lambda conn: queries.trail_event(conn, event_id))
+        return None if found is None else self._trail_local(found)
+
+    def _trail_local(self, event: TrailEvent) -> TrailEvent:
+        """An event's times on this process's clock, as callers see them (its steps are recorded on it)."""
+        if self._fixed_clock is not None:
+            return event
+        return dataclasses.replace(
+            event,
+            created_at=self._local(event.created_at),
+            finished_at=None if event.finished_at is None else self._local(event.finished_at),
+            dead_at=None if event.dead_at is None else self._local(event.dead_at),
+        )
 
     async def prune_trail(self) -> int:
-        return 0
+        now = self._now()
+        return await self._run("record", lambda conn: queries.prune_trail(conn, now, self.retention))
 
     async def forget_idle_keys(self) -> int:
         """One slice of this replica's sweep (each replica sweeps on its own; deletes are idempotent)."""
@@ -573,7 +601,10 @@ class PostgresOutbox:
         keys = await self._run("admin", lambda conn: queries.dead_keys(conn, where, now))
         if not keys:
             return ReplayResult([], [], [])
-        result = await self._keyed("admin", keys, lambda conn: queries.replay(conn, now, where, force), durable=True)
+        at = self._local(now)
+        result = await self._keyed(
+            "admin", keys, lambda conn: queries.replay(conn, now, where, force, at), durable=True
+        )
         self._pending += len(result.replayed)
         if result.replayed:
             self._notified()
@@ -581,7 +612,8 @@ class PostgresOutbox:
 
     async def purge(self, where: DeadLetterFilter) -> int:
         now = self._now()
-        return await self._keyed("admin", [], lambda conn: queries.purge(conn, where, now), durable=True)
+        at = self._local(now)
+        return await self._keyed("admin", [], lambda conn: queries.purge(conn, where, now, at), durable=True)
 
 
 class PostgresRateLimits:

@@ -10,20 +10,27 @@ lock (:func:`key_lock`, ``pg_advisory_xact_lock``), all of them at once in ascen
 (:func:`lock_statement`), so two such transactions never deadlock. Claims never wait: they
 lease heads with ``FOR UPDATE SKIP LOCKED``; a head a claim must clean up (expired, or
 superseded) is handled afterwards in a keyed transaction of its own.
+
+The trail: rows are never deleted on the way (a delivered, suppressed, coalesced or purged event is
+updated to that state, its step appended with :data:`APPEND_STEP`, ``trail.append_step`` in SQL);
+only :func:`prune_trail` deletes, by :func:`bridge.outbox.trail.prunable`. The step records and the
+rules come from :mod:`bridge.outbox.trail`, as for SQLite.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from bridge.outbox import policy
+from bridge.outbox import policy, trail
 from bridge.outbox.model import DEAD_LETTER_FIELDS, Claimed, DeadLetterFilter, NewEvent, ReplayResult
-from bridge.outbox.postgres.schema import PRIORITY_SQL
+from bridge.outbox.postgres.schema import PRIORITY_SQL, append_step
+from bridge.outbox.trail import Retention, TrailEvent, TrailFilter
 
 #: A connection of its own, or one lent by the pool.
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
@@ -32,6 +39,10 @@ Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyn
 PROBE_BYTES = 16384
 #: The channel a commit that adds events notifies; idle replicas listen on it.
 CHANNEL = "flashduty_bridge_outbox"
+#: One request's events and its inbound request id (their trail rows name it).
+Request = tuple[Sequence[NewEvent], str | None]
+#: ``steps`` with the step bound as ``$1`` appended (NULL: unchanged): ``trail.append_step``.
+APPEND_STEP = append_step("steps", "$1::text")
 
 
 def key_lock(destination: str, alert_key: str) -> int:
@@ -45,14 +56,18 @@ def lock_statement(keys: Iterable[tuple[str, str]], *, durable: bool = False) ->
 
     ``durable``: this transaction accepts events from senders, so its COMMIT waits for the WAL flush
     (``synchronous_commit = on``); the connections' default is ``off``, for bookkeeping (see the backend).
-    One round trip: the lock keys are integers computed here, so they are literals, safely.
+    One round trip: the lock keys are integers computed here, so they are literals, safely; one array
+    literal, not one call per key, since a select list holds at most 1,664 entries and a group
+    transaction may lock many thousands of keys.
     """
     statements = ["BEGIN"]
     if durable:
         statements.append("SET LOCAL synchronous_commit = on")
     locks = sorted({key_lock(*key) for key in keys})
     if locks:
-        statements.append("SELECT " + ", ".join(f"pg_advisory_xact_lock({lock})" for lock in locks))
+        # unnest returns the elements in array order: the locks are taken ascending.
+        array = "{" + ",".join(str(lock) for lock in locks) + "}"
+        statements.append(f"SELECT count(pg_advisory_xact_lock(k)) FROM unnest('{array}'::bigint[]) AS k")
     return "; ".join(statements)
 
 
@@ -71,53 +86,69 @@ WITH accepted AS (
         AS a(destination, alert_key, digest)
     ON CONFLICT (destination, alert_key)
     DO UPDATE SET accepted_digest = excluded.accepted_digest, accepted_at = excluded.accepted_at
-), added AS (
-    INSERT INTO outbox_events (destination, alert_key, source, event_status, body, created_at)
-    SELECT destination, alert_key, source, event_status, body, $1
-    FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) WITH ORDINALITY
-        AS e(destination, alert_key, source, event_status, body, n)
+), added AS (  -- stored and suppressed events, in commit order: ids follow it
+    INSERT INTO outbox_events (destination, alert_key, source, event_status, body, created_at, inbound_request,
+                               state, finished_at)
+    SELECT destination, alert_key, source, event_status, body, $1, inbound_request,
+           CASE WHEN kept THEN 'pending' ELSE '{trail.SUPPRESSED}' END, CASE WHEN kept THEN NULL ELSE $1 END
+    FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::boolean[])
+        WITH ORDINALITY AS e(destination, alert_key, source, event_status, body, inbound_request, kept, n)
     ORDER BY n
-    RETURNING id, destination, alert_key, event_status
+    RETURNING id, destination, alert_key, event_status, state
 ), used AS (  -- a passthrough key in use at any replica is not retired by another
     UPDATE outbox_passthrough_keys SET used_at = $1 WHERE destination IN (SELECT destination FROM added)
 )
 INSERT INTO outbox_heads (destination, alert_key, event_id, priority, next_attempt_at)
 SELECT DISTINCT ON (destination, alert_key) destination, alert_key, id, {PRIORITY_SQL}, $1
-FROM added ORDER BY destination, alert_key, id
+FROM added WHERE state = 'pending' ORDER BY destination, alert_key, id
 ON CONFLICT (destination, alert_key) DO NOTHING
 """
 
 
 async def insert(
     conn: Conn,
-    requests: Sequence[Sequence[NewEvent]],
+    requests: Sequence[Request],
     now: float,
     *,
     pending: int,
     max_pending: int,
     refresh_interval: float,
 ) -> policy.Admission:
-    """Admit and insert several requests' events, inside a transaction holding their keys' locks."""
-    keys = list({(e.destination, e.alert_key) for events in requests for e in events})
+    """Admit and insert several requests' events, inside a transaction holding their keys' locks.
+
+    A suppressed repeat is inserted too, as ``suppressed`` (finished), for the trail."""
+    keys = list({(e.destination, e.alert_key) for events, _ in requests for e in events})
     rows = await conn.fetch(_STATES, [k[0] for k in keys], [k[1] for k in keys])
     states = {(r[0], r[1]): (r[2], r[3]) for r in rows}
     admission = policy.admit(
-        requests, states, pending=pending, max_pending=max_pending, refresh_interval=refresh_interval, now=now
+        [events for events, _ in requests],
+        states,
+        pending=pending,
+        max_pending=max_pending,
+        refresh_interval=refresh_interval,
+        now=now,
     )
-    if admission.stored:
+    rows_in = [
+        (e, request_id, kept)
+        for (events, request_id), stored in zip(requests, admission.results, strict=True)
+        if stored is not None
+        for e, kept in zip(events, stored, strict=True)
+    ]
+    if rows_in:
         accepted = list(admission.accepted.items())
-        stored = admission.stored
         await conn.execute(
             _INSERT,
             now,
             [key[0] for key, _ in accepted],
             [key[1] for key, _ in accepted],
             [digest for _, digest in accepted],
-            [e.destination for e in stored],
-            [e.alert_key for e in stored],
-            [e.source for e in stored],
-            [e.event_status for e in stored],
-            [e.body for e in stored],
+            [e.destination for e, _, _ in rows_in],
+            [e.alert_key for e, _, _ in rows_in],
+            [e.source for e, _, _ in rows_in],
+            [e.event_status for e, _, _ in rows_in],
+            [e.body for e, _, _ in rows_in],
+            [request_id for _, request_id, _ in rows_in],
+            [kept for _, _, kept in rows_in],
         )
     return admission
 
@@ -182,7 +213,7 @@ async def destinations(conn: Conn) -> list[str]:
 #: coalescing, if $6; not needed after an Ok). A last row (part 1) carries the grant, and when the
 #: destination's next head is due: the soonest of the heads not leased here (read through the heads_due
 #: index, at most $3 + 1 of them) and of the leases taken here.
-_CLAIM = """
+CLAIM = """
 WITH due AS MATERIALIZED (
     SELECT destination, alert_key, priority, event_id FROM outbox_heads
     WHERE destination = $1 AND next_attempt_at <= $2 AND leased_until <= $2
@@ -242,7 +273,7 @@ async def claim(
     """Lease due heads (within the shared rate limit, with ``pacing``): one statement, committed on its own."""
     pacing = pacing or (None, None, None, None)  # type: ignore[assignment]
     assert pacing is not None
-    rows = await conn.fetch(_CLAIM, destination, now, limit, lease_seconds, replica, coalesce, *pacing)
+    rows = await conn.fetch(CLAIM, destination, now, limit, lease_seconds, replica, coalesce, *pacing)
     *events, last = rows
     grant = (int(last[12]), int(last[13]), float(last[14]), int(last[15]), int(last[16]))
     return [(Claimed(*row[3:10]), row[10]) for row in events], last[11], grant
@@ -275,20 +306,35 @@ async def advance(conn: Conn, keys: Sequence[tuple[str, str]], now: float) -> No
         await conn.execute(_ADVANCE, [k[0] for k in keys], [k[1] for k in keys], now)
 
 
-async def delivered(conn: Conn, event_ids: Sequence[int], keys: Iterable[tuple[str, str]], now: float) -> int:
-    """Forget delivered events and let their keys' next events go (``outbox_delivered``: one round trip, which
-    takes the keys' locks itself); returns how many were pending."""
-    locks = sorted({key_lock(*key) for key in keys})
-    return int(await conn.fetchval("SELECT outbox_delivered($1, $2, $3)", list(event_ids), locks, now))
+#: An ack: the delivered event, its key, and its attempt (a trail step, and Flashduty's request_id), if any.
+Ack = tuple[int, tuple[str, str], str | None, str | None]
 
 
-async def retry_later(conn: Conn, event_id: int, at: float, code: str, error: str) -> None:
-    """Keep the (leased) head, due again at ``at``: one statement, no key lock (only its lease holder moves it)."""
+async def delivered(conn: Conn, acks: Sequence[Ack], now: float) -> int:
+    """Mark events delivered (the trail keeps them), record their attempts, and let their keys' next events go
+    (``outbox_delivered``: one round trip, which takes the keys' locks itself); returns how many were pending."""
+    locks = sorted({key_lock(*ack[1]) for ack in acks})
+    return int(
+        await conn.fetchval(
+            "SELECT outbox_delivered($1, $2, $3, $4, $5)",
+            [ack[0] for ack in acks],
+            locks,
+            now,
+            [ack[2] for ack in acks],
+            [ack[3] for ack in acks],
+        )
+    )
+
+
+async def retry_later(conn: Conn, event_id: int, at: float, code: str, error: str, note: str | None) -> None:
+    """Keep the (leased) head, due again at ``at``, its attempt (``note``) recorded: one statement, no key lock
+    (only its lease holder moves it)."""
     await conn.execute(
-        "WITH e AS (UPDATE outbox_events SET attempts = attempts + 1, last_code = $2, last_error = $3"
-        " WHERE id = $1 AND state = 'pending' RETURNING destination, alert_key)"
-        " UPDATE outbox_heads h SET next_attempt_at = $4, leased_until = 0, leased_by = NULL"
-        " FROM e WHERE h.destination = e.destination AND h.alert_key = e.alert_key AND h.event_id = $1",
+        "WITH e AS (UPDATE outbox_events SET attempts = attempts + 1, last_code = $3, last_error = $4,"
+        f" steps = {APPEND_STEP} WHERE id = $2 AND state = 'pending' RETURNING destination, alert_key)"
+        " UPDATE outbox_heads h SET next_attempt_at = $5, leased_until = 0, leased_by = NULL"
+        " FROM e WHERE h.destination = e.destination AND h.alert_key = e.alert_key AND h.event_id = $2",
+        note,
         event_id,
         code,
         error,
@@ -317,13 +363,17 @@ async def park(
     error: str,
     request_id: str | None,
     now: float,
+    note: str,
     *,
     attempted: bool = True,
 ) -> bool:
-    """Make a pending event a dead letter and let its key's next event go (the caller holds the key's lock)."""
+    """Make a pending event a dead letter, ``note`` its step, and let its key's next event go (the caller holds
+    the key's lock)."""
     row = await conn.fetchrow(
-        "UPDATE outbox_events SET state = 'dead', attempts = attempts + $2, last_code = $3, last_error = $4,"
-        " request_id = $5, dead_at = $6 WHERE id = $1 AND state = 'pending' RETURNING destination, alert_key",
+        "UPDATE outbox_events SET state = 'dead', attempts = attempts + $3, last_code = $4, last_error = $5,"
+        f" request_id = $6, dead_at = $7, steps = {APPEND_STEP} WHERE id = $2 AND state = 'pending'"
+        " RETURNING destination, alert_key",
+        note,
         event_id,
         int(attempted),
         code,
@@ -337,14 +387,28 @@ async def park(
     return True
 
 
-async def drop_superseded(conn: Conn, event_id: int, now: float) -> bool:
-    """Delete a superseded firing head and advance its key (the caller holds the key's lock)."""
-    row = await conn.fetchrow(
-        "DELETE FROM outbox_events WHERE id = $1 AND state = 'pending' RETURNING destination, alert_key", event_id
+async def coalesce_head(conn: Conn, event: Claimed, now: float, at: float) -> bool:
+    """Finish a superseded firing head as ``coalesced`` (by the pending event right behind it) and advance its
+    key (the caller holds the key's lock); ``at``: ``now`` on the callers' clock, for the step."""
+    following = await conn.fetchval(
+        "SELECT id FROM outbox_events WHERE destination = $1 AND alert_key = $2 AND state = 'pending' AND id > $3"
+        " ORDER BY id LIMIT 1",
+        event.destination,
+        event.alert_key,
+        event.id,
     )
-    if row is None:
+    if following is None:
         return False
-    await advance(conn, [(row[0], row[1])], now)
+    status = await conn.execute(
+        f"UPDATE outbox_events SET state = '{trail.COALESCED}', finished_at = $3, steps = {APPEND_STEP}"
+        " WHERE id = $2 AND state = 'pending'",
+        trail.step(trail.COALESCED, at, by=following),
+        event.id,
+        now,
+    )
+    if status != "UPDATE 1":
+        return False
+    await advance(conn, [(event.destination, event.alert_key)], now)
     return True
 
 
@@ -363,25 +427,33 @@ async def next_due(conn: Conn, destination: str | None) -> float | None:
     return None if value is None else float(value)
 
 
+#: (pending, dead, oldest pending created_at, the database's clock).
+STATS = """
+SELECT (SELECT count(*) FROM outbox_events WHERE state = 'pending'),
+       (SELECT count(*) FROM outbox_events WHERE state = 'dead'),
+       (SELECT created_at FROM outbox_events WHERE state = 'pending' ORDER BY id LIMIT 1),
+       extract(epoch FROM clock_timestamp())::double precision
+"""
+#: Per destination with pending or dead events: two reads of pending and dead rows, never of the trail's finished ones.
+STATS_BY_DESTINATION = """
+WITH p AS (SELECT destination, count(*) AS n, (array_agg(created_at ORDER BY id))[1] AS oldest
+           FROM outbox_events WHERE state = 'pending' GROUP BY destination),
+     d AS (SELECT destination, count(*) AS n FROM outbox_events WHERE state = 'dead' GROUP BY destination)
+SELECT destination, coalesce(p.n, 0), coalesce(d.n, 0), p.oldest FROM p FULL JOIN d USING (destination)
+ORDER BY destination
+"""
+
+
 async def stats(conn: Conn) -> tuple[int, int, float | None, float]:
     """(pending, dead, oldest pending created_at, the database's clock) in one round trip."""
-    row = await conn.fetchrow(
-        "SELECT (SELECT count(*) FROM outbox_events WHERE state = 'pending'),"
-        " (SELECT count(*) FROM outbox_events WHERE state = 'dead'),"
-        " (SELECT created_at FROM outbox_events WHERE state = 'pending' ORDER BY id LIMIT 1),"
-        " extract(epoch FROM clock_timestamp())::double precision"
-    )
+    row = await conn.fetchrow(STATS)
     assert row is not None
     return int(row[0]), int(row[1]), row[2], float(row[3])
 
 
 async def stats_by_destination(conn: Conn) -> list[tuple[str, int, int, float | None]]:
     """Per destination with pending or dead events: (destination, pending, dead, oldest pending created_at)."""
-    rows = await conn.fetch(
-        "SELECT destination, count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'dead'),"
-        " (array_agg(created_at ORDER BY id) FILTER (WHERE state = 'pending'))[1]"
-        " FROM outbox_events GROUP BY destination ORDER BY destination"
-    )
+    rows = await conn.fetch(STATS_BY_DESTINATION)
     return [(r[0], int(r[1]), int(r[2]), r[3]) for r in rows]
 
 
@@ -467,8 +539,9 @@ async def dead_keys(conn: Conn, where: DeadLetterFilter, now: float) -> list[tup
     return [(r[0], r[1]) for r in rows]
 
 
-async def replay(conn: Conn, now: float, where: DeadLetterFilter, force: bool) -> ReplayResult:
-    """Queue dead letters again in their original per-key order (the caller holds their keys' locks)."""
+async def replay(conn: Conn, now: float, where: DeadLetterFilter, force: bool, at: float) -> ReplayResult:
+    """Queue dead letters again in their original per-key order (the caller holds their keys' locks); ``at``:
+    ``now`` on the callers' clock, for the steps."""
     condition, args = _dead_where(where, now)
     rows = await conn.fetch(
         f"SELECT id, destination, alert_key, event_status FROM outbox_events WHERE {condition}"
@@ -501,7 +574,12 @@ async def replay(conn: Conn, now: float, where: DeadLetterFilter, force: bool) -
         if verdict is policy.ReplayVerdict.SUPERSEDED:
             result.superseded.append(event_id)
             continue
-        await conn.execute("UPDATE outbox_events SET state = 'pending', dead_at = NULL WHERE id = $1", event_id)
+        # attempts keeps counting: the history of what Flashduty was sent stays true.
+        await conn.execute(
+            f"UPDATE outbox_events SET state = 'pending', dead_at = NULL, steps = {APPEND_STEP} WHERE id = $2",
+            trail.step(trail.REPLAYED, at, forced=force),
+            event_id,
+        )
         # The replayed event is older than anything pending for its key, or it is alone.
         await conn.execute(
             "INSERT INTO outbox_heads AS h (destination, alert_key, event_id, priority, next_attempt_at)"
@@ -519,12 +597,18 @@ async def replay(conn: Conn, now: float, where: DeadLetterFilter, force: bool) -
     return result
 
 
-async def purge(conn: Conn, where: DeadLetterFilter, now: float) -> int:
+async def purge(conn: Conn, where: DeadLetterFilter, now: float, at: float) -> int:
+    """Dead letters leave the outbox for good; the trail keeps them as ``purged`` until its retention ends
+    (``at``: ``now`` on the callers' clock, for the step)."""
     condition, args = _dead_where(where, now)
+    note, finished, limit = f"${len(args) + 1}", f"${len(args) + 2}", f"${len(args) + 3}"
     rows = await conn.fetch(
-        f"DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events WHERE {condition}"
-        f" ORDER BY id LIMIT ${len(args) + 1}) RETURNING id",
+        f"UPDATE outbox_events SET state = '{trail.PURGED}', finished_at = {finished},"
+        f" steps = {append_step('steps', note + '::text')} WHERE id IN (SELECT id FROM outbox_events"
+        f" WHERE {condition} ORDER BY id LIMIT {limit}) AND state = 'dead' RETURNING id",
         *args,
+        trail.step(trail.PURGED, at),
+        now,
         where.limit,
     )
     return len(rows)
@@ -550,3 +634,92 @@ async def pause(conn: Conn, destination: str, until: float) -> None:
         destination,
         until,
     )
+
+
+# -- the trail ---------------------------------------------------------------------------
+
+#: The oldest finished event, and the newest id: whether a prune has anything to do (an index lookup each).
+_PRUNE_PROBE = """
+SELECT (SELECT coalesce(max(id), 0) FROM outbox_events),
+       (SELECT id FROM outbox_events WHERE finished_at IS NOT NULL ORDER BY id LIMIT 1),
+       (SELECT finished_at FROM outbox_events WHERE finished_at IS NOT NULL ORDER BY id LIMIT 1)
+"""
+
+
+async def prune_trail(conn: Conn, now: float, retention: Retention) -> int:
+    """Delete up to ``trail.PRUNE_BATCH`` finished events past the retention, oldest first.
+
+    Replicas prune at once safely: each locks the batch it read (``FOR UPDATE SKIP LOCKED``), so two never
+    delete, or count, the same event; an event another replica holds is left to it.
+    """
+    probe = await conn.fetchrow(_PRUNE_PROBE)
+    assert probe is not None
+    newest, oldest_id, oldest_at = probe
+    # Most calls find nothing due: look at the oldest finished event before reading a batch.
+    if oldest_id is None or not trail.prunable(
+        [(oldest_id, oldest_at)], newest_id=newest, now=now, retention=retention
+    ):
+        return 0
+    async with conn.transaction():
+        rows = await conn.fetch(
+            "SELECT id, finished_at FROM outbox_events WHERE finished_at IS NOT NULL ORDER BY id LIMIT $1"
+            " FOR UPDATE SKIP LOCKED",
+            trail.PRUNE_BATCH,
+        )
+        ids = trail.prunable([(r[0], r[1]) for r in rows], newest_id=newest, now=now, retention=retention)
+        if ids:
+            await conn.execute("DELETE FROM outbox_events WHERE id = ANY($1::bigint[])", ids)
+    return len(ids)
+
+
+#: Strings JSON encoders write verbatim (no quote, backslash, control character or non-ASCII, which may be escaped).
+_VERBATIM_IN_JSON = re.compile(r"[ !#-\[\]-~]*")
+#: A replayed event has a step of this kind (jsonb containment, as the filter asks).
+_REPLAYED = f'[{{"kind": "{trail.REPLAYED}"}}]'
+_TRAIL_COLUMNS = ", ".join(trail.ROW_FIELDS).replace("steps", "steps::text")
+
+
+async def trail_events(conn: Conn, where: TrailFilter) -> list[TrailEvent]:
+    """Events matching ``where``, newest first: one statement (a read never holds up writers here: MVCC)."""
+    clauses: list[str] = []
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    for column, value in (
+        ("alert_key", where.alert_key),
+        ("destination", where.destination),
+        ("event_status", where.event_status),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = {arg(value)}")
+    if where.outcome == trail.REPLAYED:
+        clauses.append(f"steps @> {arg(_REPLAYED)}::jsonb")
+    elif where.outcome is not None:
+        clauses.append(f"state = {arg(where.outcome)}")
+    if where.since is not None:
+        clauses.append(f"created_at >= {arg(where.since)}")
+    if where.before_id is not None:
+        clauses.append(f"id < {arg(where.before_id)}")
+    for name, value in where.labels:
+        if _VERBATIM_IN_JSON.fullmatch(value):
+            # A value JSON writes as it is must appear in the body: a substring test first spares parsing the
+            # bodies of the other events (most, for a rare label), which is what a label filter costs.
+            clauses.append(f"strpos(body, {arg(value)}) > 0")
+        # Bodies are JSON objects the bridge made; only those are parsed.
+        clauses.append(
+            f"(CASE WHEN left(body, 1) = '{{' THEN body::jsonb -> 'labels' ->> {arg(name)} END) = {arg(value)}"
+        )
+    condition = " AND ".join(clauses) or "true"
+    rows = await conn.fetch(
+        f"SELECT {_TRAIL_COLUMNS} FROM outbox_events WHERE {condition} ORDER BY id DESC LIMIT {arg(where.limit)}",
+        *args,
+    )
+    return [trail.event_from_row(tuple(row)) for row in rows]
+
+
+async def trail_event(conn: Conn, event_id: int) -> TrailEvent | None:
+    row = await conn.fetchrow(f"SELECT {_TRAIL_COLUMNS} FROM outbox_events WHERE id = $1", event_id)
+    return None if row is None else trail.event_from_row(tuple(row))

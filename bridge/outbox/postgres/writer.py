@@ -8,7 +8,8 @@ the round trips per event fall as the load rises. A transaction:
 1. ``BEGIN`` and the advisory locks of every key in the batch, ascending (one round trip);
 2. for the puts: the keys' accepted states, then one statement inserting what
    :func:`bridge.outbox.policy.admit` decided (events, key states, new heads);
-3. for the acks: one statement (``outbox_delivered``) deleting the events and advancing their heads
+3. for the acks: one statement (``outbox_delivered``) marking the events delivered (the trail keeps them,
+   with their attempts) and advancing their heads
    (a batch of acks alone is just that statement, committed on its own);
 4. ``NOTIFY`` (when events were added, so idle replicas wake) and ``COMMIT``; a batch with
    puts commits with ``synchronous_commit = on``: when ``put`` returns, the events are durable.
@@ -46,8 +47,10 @@ class _Write:
     future: asyncio.Future[Any]
     #: A put: one request's events.
     events: Sequence[NewEvent] = ()
-    #: An ack: the delivered event and its key.
-    ack: tuple[int, tuple[str, str]] | None = None
+    #: A put: the inbound request's id, for the trail.
+    request_id: str | None = None
+    #: An ack: the delivered event, its key, its attempt's trail step and Flashduty's request_id.
+    ack: queries.Ack | None = None
 
     @property
     def keys(self) -> list[tuple[str, str]]:
@@ -71,7 +74,7 @@ class GroupWriter:
     def __init__(
         self,
         acquire: Callable[[], contextlib.AbstractAsyncContextManager[Conn]],
-        admit: Callable[[Conn, Sequence[Sequence[NewEvent]], float], Awaitable[policy.Admission]],
+        admit: Callable[[Conn, Sequence[queries.Request], float], Awaitable[policy.Admission]],
         committed: Callable[[Outcome], None],
         now: Callable[[], float],
     ) -> None:
@@ -82,12 +85,12 @@ class GroupWriter:
         self._queued: list[_Write] = []
         self._running = False
 
-    async def put(self, events: Sequence[NewEvent]) -> list[bool] | None:
-        result: list[bool] | None = await self._enqueue(_Write(self._future(), events=events))
+    async def put(self, events: Sequence[NewEvent], request_id: str | None = None) -> list[bool] | None:
+        result: list[bool] | None = await self._enqueue(_Write(self._future(), events=events, request_id=request_id))
         return result
 
-    async def delivered(self, event_id: int, key: tuple[str, str]) -> None:
-        await self._enqueue(_Write(self._future(), ack=(event_id, key)))
+    async def delivered(self, ack: queries.Ack) -> None:
+        await self._enqueue(_Write(self._future(), ack=ack))
 
     @staticmethod
     def _future() -> asyncio.Future[Any]:
@@ -136,10 +139,10 @@ class GroupWriter:
 
     async def _transaction(self, conn: Conn, batch: list[_Write]) -> Outcome:
         now = self._now()
-        puts = [write.events for write in batch if write.ack is None]
+        puts = [(write.events, write.request_id) for write in batch if write.ack is None]
         acks = [write.ack for write in batch if write.ack is not None]
         if not puts:  # acks alone: one statement, committed on its own (not waiting for the WAL flush)
-            delivered = await queries.delivered(conn, [a[0] for a in acks], [a[1] for a in acks], now)
+            delivered = await queries.delivered(conn, acks, now)
             return Outcome(delivered=delivered, results=[None] * len(batch))
         # Only a batch that accepts events from senders waits for the WAL flush at COMMIT.
         await conn.execute(queries.lock_statement((key for write in batch for key in write.keys), durable=bool(puts)))
@@ -147,7 +150,7 @@ class GroupWriter:
         if puts:
             outcome.admission = await self._admit(conn, puts, now)
         if acks:
-            outcome.delivered = await queries.delivered(conn, [a[0] for a in acks], [a[1] for a in acks], now)
+            outcome.delivered = await queries.delivered(conn, acks, now)
         added = outcome.admission is not None and outcome.admission.added > 0
         await conn.execute(f"NOTIFY {queries.CHANNEL}; COMMIT" if added else "COMMIT")
         results = iter(outcome.admission.results if outcome.admission is not None else [])
