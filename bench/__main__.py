@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-postgresql",
         action="store_true",
-        help="skip the PostgreSQL delivery rows (they run when BRIDGE_TEST_POSTGRES_DSN, default"
+        help="skip the PostgreSQL rows of intake and delivery (they run when BRIDGE_TEST_POSTGRES_DSN, default"
         " postgresql://postgres@127.0.0.1:5432/test, answers)",
     )
     parser.add_argument(
@@ -320,10 +320,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         work = Path(tmp)
         if args.only != "delivery":
-            runs = intake.max_rate(work, sources, args.rounds, args.seconds, args.connections)
+            with_postgresql = not args.no_postgresql and postgresql_answers()
+            runs = intake.max_rate(
+                work, sources, args.rounds, args.seconds, args.connections, postgresql=with_postgresql
+            )
             summary = intake.summarize(runs)
             report["intake"] = {"summary": summary, "runs": runs}
-            report["half_load"] = intake.half_load(work, sources, summary, args.seconds, args.connections)
+            report["half_load"] = intake.half_load(
+                work, sources, summary, args.seconds, args.connections, postgresql=with_postgresql
+            )
         if args.only != "intake":
             targets = delivery.targets(
                 sources,

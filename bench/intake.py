@@ -9,7 +9,8 @@ Targets, each started fresh for every run on loopback:
   ``synchronous=FULL``, then answers (the fair reference: ``vs durable``);
 * the bridge (``flashduty-bridge serve`` from each ``--bridge-src`` checkout) in dry-run
   mode on a fresh outbox, so delivery runs too (it shares the cores, as in production)
-  but nothing leaves the machine.
+  but nothing leaves the machine; with a PostgreSQL server, also on a fresh schema
+  (``<label> postgresql``, one replica).
 
 Payloads carry 1, 10 or 100 alerts, distinct in every request (a Lua script builds them).
 Max-rate runs use ``wrk -t2``; baseline and bridge runs are interleaved, and their order
@@ -36,6 +37,7 @@ from typing import Any
 import httpx
 
 from bench._proc import PINNING, BridgeSource, cpu_seconds, log, rss_mib, scrape, start_bridge, start_module, value
+from tests.support import postgres
 from tests.support.procs import Proc
 
 BASELINE = "bare"  # the ceiling: "vs bare"
@@ -44,6 +46,8 @@ SIZES = (1, 10, 100)
 ACCEPTED = "flashduty_bridge_alerts_received_total"
 ACCEPTED_LABELS = {"outcome": "accepted", "source": "alertmanager"}
 PENDING = "flashduty_bridge_outbox_pending"
+#: Appended to a bridge's label: the same bridge on a fresh PostgreSQL schema (one replica).
+POSTGRESQL_SUFFIX = " postgresql"
 WRK_TIMEOUT = "10s"  # well above any latency here, so slow answers count in the percentiles, not as errors
 
 BARE_APP = textwrap.dedent(
@@ -263,8 +267,12 @@ def start_baseline(work: Path, name: str, target: str) -> tuple[Proc, str]:
     return start_module(work, name, argv, "/-/ready", under_test=True)
 
 
-def start_dry_run_bridge(work: Path, name: str, source: BridgeSource) -> tuple[Proc, str]:
-    config = {"storage": {"path": str(work / f"outbox-{name}"), "max_pending": 5_000_000}, "log_level": "warning"}
+def start_dry_run_bridge(
+    work: Path, name: str, source: BridgeSource, storage: dict[str, Any] | None = None
+) -> tuple[Proc, str]:
+    """A dry-run bridge on ``storage`` (default: a fresh SQLite outbox in ``work``)."""
+    storage = storage or {"path": str(work / f"outbox-{name}")}
+    config = {"storage": {**storage, "max_pending": 5_000_000}, "log_level": "warning"}
     # No integration key anywhere (an empty variable counts as unset): dry run, nothing leaves the machine.
     proc, url = start_bridge(work, name, config, source, env={"FLASHDUTY_INTEGRATION_KEY": ""})
     if httpx.get(f"{url}/-/ready").json().get("dry_run") is False:
@@ -285,9 +293,32 @@ def one_run(
     threads: int = 2,
     rate: float = 0.0,
 ) -> dict[str, Any]:
-    """Start ``target`` fresh, load it once, stop it. Bridge runs also check that 200 meant stored."""
-    name = f"{target.replace(':', '-')}-{per}-{time.monotonic_ns()}"
-    proc, url = start_baseline(work, name, target) if source is None else start_dry_run_bridge(work, name, source)
+    """Start ``target`` fresh, load it once, stop it. Bridge runs also check that 200 meant stored.
+
+    A target labelled ``... postgresql`` runs its bridge on a fresh PostgreSQL schema."""
+    if source is not None and target.endswith(POSTGRESQL_SUFFIX):
+        with postgres.sync_database() as database:
+            return _one_run(work, target, source, per, seconds, connections, script, threads, rate, database.dsn)
+    return _one_run(work, target, source, per, seconds, connections, script, threads, rate, None)
+
+
+def _one_run(
+    work: Path,
+    target: str,
+    source: BridgeSource | None,
+    per: int,
+    seconds: int,
+    connections: int,
+    script: Path,
+    threads: int,
+    rate: float,
+    dsn: str | None,
+) -> dict[str, Any]:
+    name = f"{target.replace(':', '-').replace(' ', '-')}-{per}-{time.monotonic_ns()}"
+    if source is None:
+        proc, url = start_baseline(work, name, target)
+    else:
+        proc, url = start_dry_run_bridge(work, name, source, {"dsn": dsn} if dsn else None)
     try:
         time.sleep(0.3)
         result: dict[str, Any] = {"target": target, "alerts_per_request": per, "rss_idle_mib": rss_mib(proc.pid)}
@@ -340,8 +371,22 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return summary
 
 
+def bridge_targets(sources: list[BridgeSource], postgresql: bool) -> list[tuple[str, BridgeSource]]:
+    """Every source on SQLite; with ``postgresql``, every source on it too (one replica)."""
+    found = [(s.label, s) for s in sources]
+    if postgresql:
+        found += [(s.label + POSTGRESQL_SUFFIX, s) for s in sources]
+    return found
+
+
 def max_rate(
-    work: Path, sources: list[BridgeSource], rounds: int, seconds: int, connections: int, sizes: tuple[int, ...] = SIZES
+    work: Path,
+    sources: list[BridgeSource],
+    rounds: int,
+    seconds: int,
+    connections: int,
+    sizes: tuple[int, ...] = SIZES,
+    postgresql: bool = False,
 ) -> list[dict[str, Any]]:
     """Interleaved max-rate runs: per round and size, the baseline and every bridge, order flipped each round."""
     script = work / "alerts.lua"
@@ -349,7 +394,7 @@ def max_rate(
     targets: list[tuple[str, BridgeSource | None]] = [
         (BASELINE, None),
         (DURABLE, None),
-        *((s.label, s) for s in sources),
+        *bridge_targets(sources, postgresql),
     ]
     runs = []
     for round_ in range(rounds):
@@ -372,22 +417,23 @@ def half_load(
     seconds: int,
     connections: int,
     sizes: tuple[int, ...] = SIZES,
+    postgresql: bool = False,
 ) -> list[dict[str, Any]]:
     """Each bridge at half its median max alerts/s, one paced wrk thread, per payload size."""
     script = work / "alerts.lua"
     script.write_text(LUA)
     runs = []
     for per in sizes:
-        for source in sources:
-            target_alerts = summary[f"{source.label}/{per}"]["alerts_per_s"] / 2
+        for label, source in bridge_targets(sources, postgresql):
+            target_alerts = summary[f"{label}/{per}"]["alerts_per_s"] / 2
             if not target_alerts > 0:
                 continue
             rate = target_alerts / per
-            result = one_run(work, source.label, source, per, seconds, connections, script, threads=1, rate=rate)
+            result = one_run(work, label, source, per, seconds, connections, script, threads=1, rate=rate)
             result["target_alerts_per_s"] = target_alerts
             runs.append(result)
             log(
-                f"half load {source.label:>16s} {per:3d}/req target {target_alerts:8.0f} alerts/s,"
+                f"half load {label:>16s} {per:3d}/req target {target_alerts:8.0f} alerts/s,"
                 f" got {result['alerts_per_s']:8.0f}  p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms"
             )
     return runs
