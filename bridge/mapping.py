@@ -275,7 +275,9 @@ class Mapper:
         out: dict[str, str] = {}
         slots, dropped = plan
         for from_own, name in slots:
-            value = limits.clean_text(own[name] if from_own else annotations[name])
+            value = own[name] if from_own else annotations[name]
+            if not value.isascii():  # clean_text's own test, without a call per value
+                value = limits.clean_text(value)
             out[name] = (
                 self._limit("label_value", value, contract.LABEL_VALUE_MAX, notes)
                 if len(value) > contract.LABEL_VALUE_MAX
