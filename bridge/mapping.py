@@ -104,6 +104,9 @@ class Mapper:
         # Most alerts of a sender share their label names: their order and validity are computed
         # once per (priority, label names, annotation names) and reused while every value is set.
         self._plans: dict[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], _Plan | None] = {}
+        # id(rules) -> (those rules, whether they change names, their priority names); the rules are
+        # kept so an id reused by another tuple is told apart.
+        self._rules: dict[int, tuple[Sequence[LabelRules], bool, tuple[str, ...]]] = {}
 
     def event(self, alert: Alert, notes: Notes, target: Target | None = None) -> Event:
         """The event for ``alert``, with the label rules and severity table of the route that chose it."""
@@ -237,12 +240,22 @@ class Mapper:
             extra.update({"template_error": ",".join(alert.template_errors)} if alert.template_errors else {})
             own = {**own, **extra}
         annotations: Mapping[str, str] = alert.annotations
-        if _changes_names(rules):
+        # A route's rules are one tuple for all its alerts: what they change is worked out once.
+        known = self._rules.get(id(rules))
+        if known is None or known[0] is not rules:
+            if len(self._rules) >= _PLANS_MAX:
+                self._rules.clear()
+            known = self._rules[id(rules)] = (
+                rules,
+                _changes_names(rules),
+                tuple(name for rule in rules for name in rule.priority),
+            )
+        _, changes_names, priority = known
+        if changes_names:
             own, annotations, removed = apply_rules(own, annotations, rules)
             if removed:
                 notes.labels_dropped["rule"] += removed
         # From here on own and annotations are only read (they may be the alert's own dicts).
-        priority = tuple(name for rule in rules for name in rule.priority)
         if "" not in own.values() and "" not in annotations.values():  # a blank value is left out: no plan
             plan_key = (priority, tuple(own), tuple(annotations))
             if plan_key in self._plans:
@@ -262,7 +275,9 @@ class Mapper:
         out: dict[str, str] = {}
         slots, dropped = plan
         for from_own, name in slots:
-            value = limits.clean_text(own[name] if from_own else annotations[name])
+            value = own[name] if from_own else annotations[name]
+            if not value.isascii():  # clean_text's own test, without a call per value
+                value = limits.clean_text(value)
             out[name] = (
                 self._limit("label_value", value, contract.LABEL_VALUE_MAX, notes)
                 if len(value) > contract.LABEL_VALUE_MAX

@@ -2,6 +2,10 @@
 
 ``Alert`` is what every source parses into; ``Event`` is the Flashduty standard alert
 event that ``mapping`` makes of it and the outbox stores and delivers.
+
+Both are values: nothing changes one after it is built (``dataclasses.replace`` makes a new one).
+They are not ``frozen`` dataclasses only because a frozen one's ``__init__`` sets each field
+through ``object.__setattr__``, which cost about 2 µs of the ~20 µs intake spends per alert.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ AlertKind = Literal["alerting", "nodata", "error", "test"]
 EventStatus = Literal["Critical", "Warning", "Info", "Ok"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Alert:
     """One alert as a sender reported it, before any Flashduty limit is applied."""
 
@@ -68,7 +72,7 @@ class Alert:
         return f"Alert({self.source}, {self.status}, {name}, fingerprint={self.fingerprint})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """A contract-clean Flashduty standard alert event (all limits already applied)."""
 

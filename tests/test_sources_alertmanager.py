@@ -8,9 +8,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import event, example, given, settings
+from hypothesis import strategies as st
 
+from bridge.models import Alert
 from bridge.sources import InvalidPayload, decode_json
-from bridge.sources.alertmanager import fingerprint, parse
+from bridge.sources.alertmanager import fingerprint, parse, parse_raw
 from tests.conftest import payload
 
 AM_FIXTURES = [
@@ -139,3 +142,114 @@ def test_decode_json_decodes_and_refuses_exactly_as_json_loads(raw: bytes) -> No
         assert str(refused.value) == str(exc)
     else:
         assert repr(decode_json(raw)) == repr(expected)
+
+
+# -- the fast path: parse_raw must give what decode_json + parse give, or step aside ---------------
+
+#: Mostly text the fast path takes (no lone surrogates), sometimes any code point.
+_texts = st.one_of(
+    st.text(st.characters(codec="utf-8"), max_size=12),
+    st.text(st.characters(codec="utf-8"), max_size=12),
+    st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, categories=None), max_size=12),
+)
+_maps = st.dictionaries(st.one_of(st.sampled_from(["alertname", "severity", "a.b", ""]), _texts), _texts, max_size=4)
+_times = st.sampled_from(
+    [
+        "2026-11-26T10:00:00Z",
+        "2026-11-26T10:00:00.123456789+05:30",
+        "2026-11-26T10:00:00.9999999Z",
+        "0001-01-01T00:00:00Z",
+        "2026-11-26",
+        "1700000000",
+        "nope",
+    ]
+)
+_alert = st.fixed_dictionaries(
+    {
+        "status": st.sampled_from(["firing", "resolved"] * 4 + ["other"]),
+        "labels": _maps,
+        "startsAt": st.one_of(_times, _times, _times, st.none(), st.integers()),
+        "endsAt": st.one_of(_times, _times, st.none()),
+    },
+    optional={
+        "annotations": st.one_of(_maps, _maps, st.none()),
+        "generatorURL": st.one_of(_texts, _texts, st.none()),
+        "fingerprint": st.one_of(_texts, st.none(), st.just("  ")),
+    },
+)
+_webhook = st.fixed_dictionaries(
+    {"version": st.sampled_from(["4"] * 8 + ["1", 4]), "alerts": st.lists(_alert, max_size=3)},
+    optional={
+        "status": st.sampled_from(["firing", "resolved", "x", None]),
+        "receiver": st.one_of(_texts, st.none()),
+        "truncatedAlerts": st.one_of(st.integers(min_value=0, max_value=9), st.integers(), st.floats(allow_nan=False)),
+        "commonLabels": _maps,
+        "groupLabels": st.one_of(_maps, _maps, st.integers()),
+    },
+)
+_bodies = st.one_of(
+    _webhook,
+    st.tuples(_webhook, st.sampled_from(["extra", "labels"]), _texts).map(lambda t: {**t[0], t[1]: t[2]}),
+)
+
+
+def _usual_way(raw: bytes) -> list[Alert] | str:
+    try:
+        return parse(decode_json(raw))
+    except InvalidPayload as exc:
+        return f"refused: {exc}"
+
+
+@settings(max_examples=400, deadline=None)
+@given(_bodies, st.booleans())
+@example(
+    {
+        "version": "4",
+        "alerts": [
+            {"status": "firing", "labels": {"a": "é"}, "startsAt": "0001-01-01T00:00:00Z", "fingerprint": " x "},
+            {"status": "resolved", "labels": {}, "endsAt": "2026-11-26T10:00:00.999999999+05:30"},
+        ],
+    },
+    False,
+)
+def test_the_fast_path_gives_the_usual_alerts_or_steps_aside(body: dict[str, Any], ascii_only: bool) -> None:
+    """parse_raw never accepts a body the usual way refuses, and what it accepts gives equal alerts."""
+    raw = json.dumps(body, ensure_ascii=ascii_only).encode(errors="surrogatepass")
+    fast = parse_raw(raw)
+    event(f"fast path took it: {fast is not None}")
+    if fast is not None:
+        assert fast == _usual_way(raw)
+        assert [(a.starts_at and a.starts_at.utcoffset(), a.ends_at and a.ends_at.utcoffset()) for a in fast] == [
+            (a.starts_at and a.starts_at.utcoffset(), a.ends_at and a.ends_at.utcoffset())
+            for a in _usual_way(raw)  # type: ignore[union-attr]
+        ]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"  ",
+        b"\xef\xbb\xbf" + json.dumps(payload("alertmanager-resolved.json")).encode(),
+        b'{"version":"4","alerts":[{"status":"firing","labels":{"a":"\\ud800"}}]}',
+        b'{"version":"4","alerts":[{"status":"firing","labels":{"a":"\xff"}}]}',
+        b'{"version":"4","alerts":[{"status":"firing","labels":{"a":"1\n"}}]}',
+        b'{"version":"4","alerts":[],"truncatedAlerts":01}',
+        b'{"version":"4","alerts":[],"truncatedAlerts":' + b"7" * 5000 + b"}",
+        b'{"version":"4","alerts":[],"x":' + b"[" * 3000 + b"]" * 3000 + b"}",
+        b'{"version":"4","alerts":[]} x',
+        b'{"version":"4","alerts":[{"status":"firing","labels":{},"annotations":null}]}',
+        b'{"version":"4","alerts":[{"status":"firing","labels":{},"startsAt":"nope"}]}',
+    ],
+)
+def test_the_fast_path_steps_aside_for_what_it_does_not_take_plainly(raw: bytes) -> None:
+    """Bodies the usual way refuses, cleans or reads specially go that way, for its answer."""
+    assert parse_raw(raw) is None
+
+
+@pytest.mark.parametrize("name", AM_FIXTURES)
+def test_the_fast_path_takes_real_alertmanager_bodies(name: str) -> None:
+    raw = json.dumps(payload(name)).encode()
+    fast = parse_raw(raw)
+    assert fast is not None
+    assert fast == parse(decode_json(raw))

@@ -9,9 +9,10 @@ and ``fingerprint`` is missing before Alertmanager 0.19.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from bridge.models import Alert
 from bridge.sources import InvalidPayload, describe_validation_error
@@ -107,4 +108,95 @@ def parse(body: Any) -> list[Alert]:
                 generator_url=item.generatorURL,
             )
         )
+    return alerts
+
+
+# -- the fast path ----------------------------------------------------------------------------------
+#
+# Decoding a body with json and validating it with pydantic costs about 5.7 µs per alert; msgspec
+# decodes the raw bytes straight into typed structs in a fraction of that. It only ever *accepts*
+# (it never writes an error message): a body it cannot take returns None and goes the usual way,
+# which gives the same 400s as before. So it must accept nothing that way refuses and yield the
+# very alerts that way yields (tests/test_sources_alertmanager.py checks it on generated bodies):
+#
+# * every field of Alertmanager's webhook is declared and unknown ones send the body the usual way,
+#   so no content is skipped unchecked (a 5000-digit number or a 2000-deep array in an unknown
+#   field is refused by json there);
+# * msgspec refuses what json.loads refuses: invalid UTF-8, raw control characters, a BOM, trailing
+#   data, NaN, leading zeros; and it refuses lone surrogates, which the usual way cleans;
+# * timestamps are decoded as text and parsed by pydantic's own datetime validator (once per
+#   distinct text in a body: a group's alerts share most of them).
+
+
+class _FastAlert(msgspec.Struct, forbid_unknown_fields=True):
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = {}
+    startsAt: str | None = None
+    endsAt: str | None = None
+    generatorURL: str = ""
+    fingerprint: str | None = None
+
+
+class _FastWebhook(msgspec.Struct, forbid_unknown_fields=True):
+    version: str
+    alerts: list[_FastAlert]
+    status: Literal["firing", "resolved"] | None = None
+    receiver: str = ""
+    groupKey: str = ""
+    externalURL: str = ""
+    truncatedAlerts: Annotated[int, msgspec.Meta(ge=0, le=2**53)] = 0
+    groupLabels: dict[str, str] = {}
+    commonLabels: dict[str, str] = {}
+    commonAnnotations: dict[str, str] = {}
+
+
+_FAST_DECODER = msgspec.json.Decoder(_FastWebhook)
+_TIME = TypeAdapter(datetime)
+
+
+def parse_raw(raw: bytes) -> list[Alert] | None:
+    """The alerts of a raw webhook body, exactly as :func:`parse` of its decoded JSON gives them; or None.
+
+    None: the body is not a plain, valid webhook (or uses a field this path does not know); give it
+    to :func:`bridge.sources.decode_json` and :func:`parse`, which accept it or say what is wrong.
+    """
+    try:
+        webhook = _FAST_DECODER.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    if webhook.version != "4":
+        return None
+    times: dict[str, datetime | None] = {}
+    alerts = []
+    try:
+        for item in webhook.alerts:
+            starts, ends = item.startsAt, item.endsAt
+            if starts is not None:
+                if starts not in times:
+                    times[starts] = _real_time(_TIME.validate_python(starts))
+                starts_at = times[starts]
+            else:
+                starts_at = None
+            if ends is not None:
+                if ends not in times:
+                    times[ends] = _real_time(_TIME.validate_python(ends))
+                ends_at = times[ends]
+            else:
+                ends_at = None
+            given = item.fingerprint.strip() if item.fingerprint else ""
+            alerts.append(
+                Alert(
+                    source=SOURCE,
+                    status=item.status,
+                    labels=item.labels,
+                    annotations=item.annotations,
+                    fingerprint=given or fingerprint(item.labels),
+                    starts_at=starts_at,
+                    ends_at=ends_at,
+                    generator_url=item.generatorURL,
+                )
+            )
+    except ValidationError:
+        return None
     return alerts
