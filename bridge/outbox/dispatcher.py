@@ -143,6 +143,9 @@ class Dispatcher:
         self._stopping = False
         self._feeder: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        #: Attempts on the wire; a worker is free again once its answer is in, while its outcome is
+        #: being recorded, so the next claim can join that record's transaction.
+        self._sending = 0
         self._stats_interval, self._scan_interval = stats_interval, scan_interval
         self._stats_due = 0.0
         self._scan_due = 0.0
@@ -246,7 +249,7 @@ class Dispatcher:
         started_any = False
         wake_at = self._clock() + IDLE_POLL_SECONDS
         for name in await self._destinations():
-            free = self.config.workers - len(self._inflight)
+            free = self.config.workers - self._sending
             if free <= 0:
                 break
             lane = self.lanes.get(name)
@@ -301,7 +304,7 @@ class Dispatcher:
                 lane.circuit.started()
                 self._spawn(lane, event)
                 started_any = True
-        if started_any and len(self._inflight) < self.config.workers:
+        if started_any and self._sending < self.config.workers:
             return None  # there may be more due right away
         return wake_at
 
@@ -317,6 +320,7 @@ class Dispatcher:
         return [*self.lanes, *self._orphans]
 
     def _spawn(self, lane: _Lane, event: Claimed) -> None:
+        self._sending += 1
         task = asyncio.get_running_loop().create_task(self._deliver(lane, event))
         self._inflight.add(task)
         task.add_done_callback(self._finished)
@@ -388,6 +392,10 @@ class Dispatcher:
         finally:
             # Counted until answered: Flashduty saw it arrive by now, however slow the way there was.
             lane.limiter.stamp(self._clock())
+            # The worker is free: the feeder's next claim is queued behind this outcome's record (the
+            # outbox commits in arrival order, so it sees this key's next event), often in one transaction.
+            self._sending -= 1
+            self._wake.set()
         took = time.perf_counter() - started
         metrics = self.metrics
         metrics.child(metrics.attempt_duration, destination.name).observe(took)

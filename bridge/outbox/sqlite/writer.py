@@ -1,7 +1,9 @@
 """Group commit for the SQLite outbox: many requests and deliveries, one transaction, one fsync.
 
 Every write (puts from webhook requests, the dispatcher's claims and acks) joins one
-queue, flushed at the end of the event-loop iteration that queued it; whatever arrives
+queue, flushed at the end of the event-loop iteration that queued it (a queue of claims and
+acks alone one iteration later, so that the claim a finished attempt makes room for joins
+its ack); whatever arrives
 while a transaction runs is committed together in the next one, in arrival order, so
 each write sees the effects of those queued before it. A failure rolls back the whole
 transaction and every caller in it hears about it.
@@ -45,6 +47,9 @@ log = logging.getLogger("bridge.outbox")
 
 #: Rows changed between WAL checkpoints (SQLite's automatic checkpoint is about 1,000 pages).
 CHECKPOINT_CHANGES = 5000
+#: Loop iterations a batch of bookkeeping alone (claims, acks) waits for more to join it: a worker's
+#: answer frees it at once, and the feeder's claim that follows comes one iteration after its ack.
+BOOKKEEPING_ITERATIONS = 1
 
 
 def checkpoint_wal(db: sqlite3.Connection) -> None:
@@ -188,9 +193,16 @@ class GroupWriter:
         if not self._committing:
             self._committing = True
             # After the callbacks already due in this loop iteration, which may queue more
-            # (deliveries finishing together, requests arriving together).
-            asyncio.get_running_loop().call_soon(self._flush)
+            # (deliveries finishing together, requests arriving together); bookkeeping a little later.
+            asyncio.get_running_loop().call_soon(self._flush_later, 0 if write.durable else BOOKKEEPING_ITERATIONS)
         return await write.future
+
+    def _flush_later(self, iterations: int) -> None:
+        """Flush after ``iterations`` more loop iterations, or at once when a put is waiting."""
+        if iterations > 0 and not any(write.durable for write in self._queued):
+            asyncio.get_running_loop().call_soon(self._flush_later, iterations - 1)
+        else:
+            self._flush()
 
     def _flush(self) -> None:
         """Commit what is queued: right here when none of it fsyncs and the connection is free, else on the thread."""
