@@ -60,36 +60,41 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def locked_out(bridge: Bridge, address: str, source: str, request_id: str) -> Response | None:
-    """429 ``TooManyAttempts`` while ``address`` has too many recent wrong tokens (see :mod:`bridge.lockout`)."""
+def locked_for(bridge: Bridge, address: str, source: str) -> int | None:
+    """Whole seconds ``address`` must wait, counted as refused, while it has too many recent wrong tokens
+    (see :mod:`bridge.lockout`); None when its token may be checked."""
     wait = bridge.lockout.wait(address)
     if wait <= 0:
         return None
-    seconds = max(1, math.ceil(wait))
     bridge.metrics.auth_failures.labels(source, "too many attempts").inc()
-    message = f"too many wrong admin tokens from {address}: try again in {seconds} s"
-    response = envelope(429, request_id, code="TooManyAttempts", message=message)
-    response.headers["Retry-After"] = str(seconds)
-    return response
+    return max(1, math.ceil(wait))
+
+
+def wrong_token(bridge: Bridge, address: str, source: str, presented: bool) -> None:
+    """Count a refused token; only a presented one is a guess that moves ``address`` towards the lockout."""
+    if presented:
+        bridge.lockout.failed(address)
+    bridge.metrics.auth_failures.labels(source, "bad credentials" if presented else "missing credentials").inc()
 
 
 def guard(
     request: Request, bridge: Bridge, token: str, source: str, request_id: str, accepted: bool | None = None
 ) -> Response | None:
-    """None when the request may go on; else 429 (locked out, the token unchecked) or 401, counted.
+    """None when the request may go on; else 429 ``TooManyAttempts`` (locked out, the token unchecked) or 401,
+    counted.
 
     ``accepted`` is another way in the caller takes (the console's session); by default the
-    bearer token alone is checked. Only a presented token counts as a guess.
+    bearer token alone is checked.
     """
     address = client_address(request)
-    if (refused := locked_out(bridge, address, source, request_id)) is not None:
-        return refused
+    if (seconds := locked_for(bridge, address, source)) is not None:
+        message = f"too many wrong admin tokens from {address}: try again in {seconds} s"
+        response = envelope(429, request_id, code="TooManyAttempts", message=message)
+        response.headers["Retry-After"] = str(seconds)
+        return response
     if accepted or bearer_matches(request, token):
         return None
-    presented = bool(request.headers.get("authorization", "").strip())
-    if presented:
-        bridge.lockout.failed(address)
-    bridge.metrics.auth_failures.labels(source, "bad credentials" if presented else "missing credentials").inc()
+    wrong_token(bridge, address, source, presented=bool(request.headers.get("authorization", "").strip()))
     return envelope(401, request_id, code="Unauthorized", message="missing or wrong bearer token")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import math
 import time
 import uuid
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bridge import __version__, trail
-from bridge.admin import client_address
+from bridge.admin import client_address, locked_for, wrong_token
 from bridge.outbox import DeadLetterFilter
 from bridge.outbox.trail import FILTER_OUTCOMES
 from bridge.timeline import describe_step
@@ -205,10 +204,7 @@ async def login(request: Request) -> Response:
     presented = form.get("token") or ""
     bridge: Bridge = request.app.state.bridge
     address = client_address(request)
-    wait = bridge.lockout.wait(address)
-    if wait > 0:
-        seconds = max(1, math.ceil(wait))
-        bridge.metrics.auth_failures.labels("console", "too many attempts").inc()
+    if (seconds := locked_for(bridge, address, "console")) is not None:
         error = f"Too many wrong tokens from {address}: try again in {seconds} s."
         html = _templates.get_template("login.html").render(next=target, error=error)
         return _secure(HTMLResponse(html, status_code=429, headers={"Retry-After": str(seconds)}))
@@ -217,9 +213,7 @@ async def login(request: Request) -> Response:
         html = _templates.get_template("login.html").render(next=target, error="That is not the admin token.")
         return _secure(HTMLResponse(html, status_code=401))
     if not hmac.compare_digest(presented.encode(), token.encode()):
-        if presented:  # only a presented token can be a guess
-            bridge.lockout.failed(address)
-        bridge.metrics.auth_failures.labels("console", "bad credentials" if presented else "missing credentials").inc()
+        wrong_token(bridge, address, "console", presented=bool(presented))
         html = _templates.get_template("login.html").render(next=target, error="That is not the admin token.")
         return _secure(HTMLResponse(html, status_code=401))
     response = RedirectResponse(target, status_code=303)
