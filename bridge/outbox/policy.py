@@ -24,7 +24,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bridge.outbox.model import NewEvent
+from bridge.outbox.model import NewEvent, ReplayResult
 
 #: Backlogs drain resolutions first, then by severity: an Ok closes an incident someone is
 #: looking at, and a Critical matters more than an Info.
@@ -159,3 +159,14 @@ def replay_verdict(
     if not force and delivered_id is not None and delivered_id > event_id:
         return ReplayVerdict.SUPERSEDED
     return ReplayVerdict.REPLAY
+
+
+def held_back(verdict: ReplayVerdict, event_id: int, result: ReplayResult) -> bool:
+    """Whether ``verdict`` keeps dead letter ``event_id`` parked; if so, ``result`` says why."""
+    if verdict is ReplayVerdict.IN_FLIGHT:
+        result.in_flight.append(event_id)
+    elif verdict is ReplayVerdict.SUPERSEDED:
+        result.superseded.append(event_id)
+    else:
+        return False
+    return True

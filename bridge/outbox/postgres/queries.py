@@ -568,11 +568,7 @@ async def replay(conn: Conn, now: float, where: DeadLetterFilter, force: bool, a
             now=now,
             force=force,
         )
-        if verdict is policy.ReplayVerdict.IN_FLIGHT:
-            result.in_flight.append(event_id)
-            continue
-        if verdict is policy.ReplayVerdict.SUPERSEDED:
-            result.superseded.append(event_id)
+        if policy.held_back(verdict, event_id, result):
             continue
         # attempts keeps counting: the history of what Flashduty was sent stays true.
         await conn.execute(

@@ -401,11 +401,7 @@ class Queries:
                 now=now,
                 force=force,
             )
-            if verdict is policy.ReplayVerdict.IN_FLIGHT:
-                result.in_flight.append(event_id)
-                continue
-            if verdict is policy.ReplayVerdict.SUPERSEDED:
-                result.superseded.append(event_id)
+            if policy.held_back(verdict, event_id, result):
                 continue
             # attempts keeps counting: the history of what Flashduty was sent stays true.
             db.execute(
