@@ -93,22 +93,22 @@ def parse(body: Any) -> list[Alert]:
         webhook = _Webhook.model_validate(body)
     except ValidationError as exc:
         raise InvalidPayload(describe_validation_error(exc)) from None
-    alerts = []
-    for item in webhook.alerts:
-        given = item.fingerprint.strip() if item.fingerprint else ""
-        alerts.append(
-            Alert(
-                source=SOURCE,
-                status=item.status,
-                labels=item.labels,
-                annotations=item.annotations,
-                fingerprint=given or fingerprint(item.labels),
-                starts_at=_real_time(item.startsAt),
-                ends_at=_real_time(item.endsAt),
-                generator_url=item.generatorURL,
-            )
-        )
-    return alerts
+    return [_alert(item, _real_time(item.startsAt), _real_time(item.endsAt)) for item in webhook.alerts]
+
+
+def _alert(item: _WebhookAlert | _FastAlert, starts_at: datetime | None, ends_at: datetime | None) -> Alert:
+    """The :class:`Alert` of one webhook alert, however it was decoded (its times already read)."""
+    given = item.fingerprint.strip() if item.fingerprint else ""
+    return Alert(
+        source=SOURCE,
+        status=item.status,
+        labels=item.labels,
+        annotations=item.annotations,
+        fingerprint=given or fingerprint(item.labels),
+        starts_at=starts_at,
+        ends_at=ends_at,
+        generator_url=item.generatorURL,
+    )
 
 
 # -- the fast path ----------------------------------------------------------------------------------
@@ -168,35 +168,17 @@ def parse_raw(raw: bytes) -> list[Alert] | None:
     if webhook.version != "4":
         return None
     times: dict[str, datetime | None] = {}
-    alerts = []
+
+    def time_of(text: str | None) -> datetime | None:
+        """Each distinct timestamp of the body validated once (a group's alerts mostly share them)."""
+        if text is None:
+            return None
+        if text not in times:
+            times[text] = _real_time(_TIME.validate_python(text))
+        return times[text]
+
     try:
-        for item in webhook.alerts:
-            starts, ends = item.startsAt, item.endsAt
-            if starts is not None:
-                if starts not in times:
-                    times[starts] = _real_time(_TIME.validate_python(starts))
-                starts_at = times[starts]
-            else:
-                starts_at = None
-            if ends is not None:
-                if ends not in times:
-                    times[ends] = _real_time(_TIME.validate_python(ends))
-                ends_at = times[ends]
-            else:
-                ends_at = None
-            given = item.fingerprint.strip() if item.fingerprint else ""
-            alerts.append(
-                Alert(
-                    source=SOURCE,
-                    status=item.status,
-                    labels=item.labels,
-                    annotations=item.annotations,
-                    fingerprint=given or fingerprint(item.labels),
-                    starts_at=starts_at,
-                    ends_at=ends_at,
-                    generator_url=item.generatorURL,
-                )
-            )
+        alerts = [_alert(item, time_of(item.startsAt), time_of(item.endsAt)) for item in webhook.alerts]
     except ValidationError:
         return None
     return alerts
