@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bridge.config import Duration
-from bridge.outbox import DeadLetterFilter
+from bridge.outbox import DeadLetterFilter, ReplayResult
 from bridge.responses import envelope
 from bridge.sources import describe_validation_error
 
@@ -149,14 +149,20 @@ async def show_dead_letter(request: Request) -> Response:
     return envelope(200, uuid.uuid4().hex, data=rows[0])
 
 
+async def replay(bridge: Bridge, where: DeadLetterFilter, *, force: bool = False) -> ReplayResult:
+    """What every way of replaying does (API, console): replay under the outbox's rules, count, wake delivery."""
+    result = await bridge.outbox.replay(where, force=force)
+    bridge.metrics.replayed.inc(len(result.replayed))
+    bridge.dispatcher.wake()
+    return result
+
+
 async def replay_dead_letters(request: Request) -> Response:
     """``POST /api/v1/dead-letters/replay`` with a :class:`Selection` body."""
     bridge, selection, problem = await _with_selection(request)
     if problem is not None or selection is None:
         return problem or envelope(500, uuid.uuid4().hex, code="InternalError")
-    result = await bridge.outbox.replay(selection.to_filter(), force=selection.force)
-    bridge.metrics.replayed.inc(len(result.replayed))
-    bridge.dispatcher.wake()
+    result = await replay(bridge, selection.to_filter(), force=selection.force)
     return envelope(
         200,
         uuid.uuid4().hex,

@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from bridge import __version__, trail
+from bridge import __version__, admin, trail
 from bridge.admin import client_address, locked_for, wrong_token
 from bridge.outbox import DeadLetterFilter
 from bridge.outbox.trail import FILTER_OUTCOMES
@@ -359,30 +359,37 @@ def _ids(form: Form) -> tuple[int, ...]:
     return tuple(dict.fromkeys(int(value) for value in values if value.isascii() and value.isdigit()))[:1000]
 
 
-async def replay(request: Request) -> Response:
-    """Replay selected dead letters under the CLI's rules: a superseded one is not replayed (no force here)."""
+async def _selected(request: Request) -> tuple[Bridge, str, tuple[int, ...], Response | None]:
+    """A dead-letter change's session, after its CSRF check, and the ids it names; or the page to answer."""
+    bridge: Bridge = request.app.state.bridge
     cookie, form, refused = await _change(request)
     if refused is not None or cookie is None:
-        return refused or _disabled()
-    bridge: Bridge = request.app.state.bridge
+        return bridge, "", (), refused or _disabled()
     ids = _ids(form)
     if not ids:
-        return await _dead_letters_page(request, cookie, {"error": "Select at least one dead letter."})
-    result = await bridge.outbox.replay(DeadLetterFilter(ids=ids, limit=len(ids)))
-    bridge.metrics.replayed.inc(len(result.replayed))
-    bridge.dispatcher.wake()
+        return (
+            bridge,
+            cookie,
+            ids,
+            await _dead_letters_page(request, cookie, {"error": "Select at least one dead letter."}),
+        )
+    return bridge, cookie, ids, None
+
+
+async def replay(request: Request) -> Response:
+    """Replay selected dead letters under the CLI's rules: a superseded one is not replayed (no force here)."""
+    bridge, cookie, ids, answered = await _selected(request)
+    if answered is not None:
+        return answered
+    result = await admin.replay(bridge, DeadLetterFilter(ids=ids, limit=len(ids)))
     notice = {"replayed": result.replayed, "superseded": result.superseded, "in_flight": result.in_flight}
     return await _dead_letters_page(request, cookie, notice)
 
 
 async def purge(request: Request) -> Response:
-    cookie, form, refused = await _change(request)
-    if refused is not None or cookie is None:
-        return refused or _disabled()
-    bridge: Bridge = request.app.state.bridge
-    ids = _ids(form)
-    if not ids:
-        return await _dead_letters_page(request, cookie, {"error": "Select at least one dead letter."})
+    bridge, cookie, ids, answered = await _selected(request)
+    if answered is not None:
+        return answered
     purged = await bridge.outbox.purge(DeadLetterFilter(ids=ids, limit=len(ids)))
     return await _dead_letters_page(request, cookie, {"purged": purged, "ids": list(ids)})
 
