@@ -85,29 +85,38 @@ class CommandError(Exception):
         self.exit_code = exit_code
 
 
-def _over_http(args: argparse.Namespace, selection: Selection, url: str, token: str) -> tuple[int, dict[str, Any]]:
+def call_admin(url: str, token: str, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    """One request to the admin API under ``url`` (``path`` after ``/api/v1``): its HTTP status and envelope.
+
+    Raises CommandError when there is no token, the bridge cannot be reached or the answer is not JSON.
+    """
     if not token:
         raise CommandError(f"no admin token: give --token or set {TOKEN_ENV_VAR} to the bridge's admin.token", 2)
     headers = {"Authorization": f"Bearer {token}"}
-    base = url.rstrip("/") + "/api/v1/dead-letters"
-    body = selection.model_dump(mode="json", exclude_defaults=True)
     try:
-        with httpx.Client(headers=headers, timeout=30, trust_env=False) as client:
-            if args.action == "list":
-                params = {k: ",".join(map(str, v)) if k == "ids" else v for k, v in body.items()}
-                response = client.get(base, params=params)
-            elif args.action == "show":
-                response = client.get(f"{base}/{args.id}")
-            else:
-                response = client.post(f"{base}/{args.action}", json=body)
+        response = httpx.request(
+            method, url.rstrip("/") + "/api/v1" + path, headers=headers, timeout=30, trust_env=False, **kwargs
+        )
     except httpx.HTTPError as exc:
         raise CommandError(f"cannot reach {url}: {exc}") from None
     try:
         answer: dict[str, Any] = response.json()
     except ValueError:
         raise CommandError(f"{url} is not a bridge's admin API (HTTP {response.status_code}, not JSON)") from None
+    return response.status_code, answer
+
+
+def _over_http(args: argparse.Namespace, selection: Selection, url: str, token: str) -> tuple[int, dict[str, Any]]:
+    body = selection.model_dump(mode="json", exclude_defaults=True)
+    if args.action == "list":
+        params = {k: ",".join(map(str, v)) if k == "ids" else v for k, v in body.items()}
+        status, answer = call_admin(url, token, "GET", "/dead-letters", params=params)
+    elif args.action == "show":
+        status, answer = call_admin(url, token, "GET", f"/dead-letters/{args.id}")
+    else:
+        status, answer = call_admin(url, token, "POST", f"/dead-letters/{args.action}", json=body)
     if "error" in answer:
-        return 1, {"error": answer["error"], "status": response.status_code}
+        return 1, {"error": answer["error"], "status": status}
     return 0, answer["data"]
 
 

@@ -19,14 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bridge import config as config_module
-from bridge.deadletters import admin_url
+from bridge.deadletters import TOKEN_ENV_VAR, CommandError, admin_url, call_admin
 from bridge.outbox import OutboxInUse, OutboxUnavailable, TrailFilter, open_outbox
 from bridge.outbox.trail import MAX_LIMIT
-
-TOKEN_ENV_VAR = "BRIDGE_ADMIN_TOKEN"
 
 OUTCOME_WORDS = {
     "pending": "pending",
@@ -36,14 +32,6 @@ OUTCOME_WORDS = {
     "dead": "DEAD LETTER",
     "purged": "purged",
 }
-
-
-class CommandError(Exception):
-    """A problem to print as one line, with its exit code."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def add_parser(commands: Any) -> None:
@@ -61,25 +49,10 @@ def add_parser(commands: Any) -> None:
 
 
 def fetch(url: str, token: str, alert_key: str, limit: int) -> list[dict[str, Any]]:
-    if not token:
-        raise CommandError(f"no admin token: give --token or set {TOKEN_ENV_VAR} to the bridge's admin.token", 2)
-    try:
-        response = httpx.get(
-            url.rstrip("/") + "/api/v1/events",
-            params={"alert_key": alert_key, "limit": limit},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
-            trust_env=False,
-        )
-    except httpx.HTTPError as exc:
-        raise CommandError(f"cannot reach {url}: {exc}") from None
-    try:
-        answer: dict[str, Any] = response.json()
-    except ValueError:
-        raise CommandError(f"{url} is not a bridge's admin API (HTTP {response.status_code}, not JSON)") from None
+    status, answer = call_admin(url, token, "GET", "/events", params={"alert_key": alert_key, "limit": limit})
     if "error" in answer:
         error = answer["error"]
-        raise CommandError(f"{url}: HTTP {response.status_code} {error.get('code')}: {error.get('message')}")
+        raise CommandError(f"{url}: HTTP {status} {error.get('code')}: {error.get('message')}")
     events: list[dict[str, Any]] = answer["data"]["events"]
     return events
 
