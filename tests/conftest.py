@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,9 @@ import httpx
 import pytest
 import yaml
 
+from bridge.outbox import Outbox
+from tests.support.clock import FakeClock
+from tests.support.outboxes import BACKENDS, OutboxBackend, backend_under_test
 from tests.support.procs import LOOPBACK, Proc, free_port, python_module
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "payloads"
@@ -213,3 +216,48 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when == "call":
         item.rep_call = report  # type: ignore[attr-defined]
     return report
+
+
+# -- the outbox contract: every backend, on a fake clock (test_outbox, test_trail, test_dispatcher) ----------
+
+OutboxFactory = Callable[..., Awaitable[Outbox]]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OutboxBackend]:
+    async with backend_under_test(request.param, tmp_path) as under_test:
+        yield under_test
+
+
+@pytest.fixture
+def outbox_max_pending() -> int:
+    """``max_pending`` of the outboxes ``make_outbox`` opens (a module overrides it to need more room)."""
+    return 1000
+
+
+@pytest.fixture
+async def make_outbox(
+    backend: OutboxBackend, clock: FakeClock, outbox_max_pending: int
+) -> AsyncIterator[OutboxFactory]:
+    """Factory: an open outbox on the backend's storage with the fake clock; closed after the test."""
+    opened: list[Outbox] = []
+
+    async def make(**options: Any) -> Outbox:
+        box = backend.make(**{"max_pending": outbox_max_pending, "clock": clock, **options})
+        await box.open()
+        opened.append(box)
+        return box
+
+    yield make
+    for box in opened:
+        await box.close()
+
+
+@pytest.fixture
+async def outbox(make_outbox: OutboxFactory) -> Outbox:
+    return await make_outbox()

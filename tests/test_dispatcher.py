@@ -15,7 +15,6 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,7 +36,7 @@ from bridge.outbox import (
 from bridge.outbox.dispatcher import IDLE_POLL_SECONDS, LEASE_SECONDS, Dispatcher, backoff_delay
 from bridge.outbox.pacing import Reservation, SharedRateLimits
 from tests.support.clock import FakeClock
-from tests.support.outboxes import BACKENDS, OutboxBackend, backend_under_test
+from tests.support.outboxes import OutboxBackend
 
 DEST = "flashduty"
 OK = Outcome(Verdict.OK, Reason.DELIVERED, request_id="req-ok")
@@ -289,12 +288,6 @@ class Harness:
                 started = self.outbox.passes  # the next pass to finish must start after this advance
             dispatcher.wake()
             await asyncio.sleep(0.001)
-
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OutboxBackend]:
-    async with backend_under_test(request.param, tmp_path) as under_test:
-        yield under_test
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ clock. What only one backend promises (SQLite's lock file, WAL, group commit, mi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ from bridge.outbox import (
     policy,
 )
 from tests.support.clock import FakeClock
-from tests.support.outboxes import BACKENDS, DEST, OutboxBackend, backend_under_test, bodies, claim, ev
+from tests.support.outboxes import DEST, OutboxBackend, bodies, claim, ev
 
 ALL = DeadLetterFilter()
 
@@ -37,39 +36,6 @@ def id_of(backend: OutboxBackend, body: str) -> int:
     """The id of the stored event with ``body``."""
     (event_id,) = [row["id"] for row in backend.events() if row["body"] == body]
     return int(event_id)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OutboxBackend]:
-    async with backend_under_test(request.param, tmp_path) as under_test:
-        yield under_test
-
-
-@pytest.fixture
-async def make_outbox(backend: OutboxBackend, clock: FakeClock) -> AsyncIterator[OutboxFactory]:
-    """Factory: an open outbox on the backend's storage with the fake clock; closed after the test."""
-    opened: list[Outbox] = []
-
-    async def make(**options: Any) -> Outbox:
-        options = {"max_pending": 1000, "clock": clock, **options}
-        box = backend.make(**options)
-        await box.open()
-        opened.append(box)
-        return box
-
-    yield make
-    for box in opened:
-        await box.close()
-
-
-@pytest.fixture
-async def outbox(make_outbox: OutboxFactory) -> Outbox:
-    return await make_outbox()
 
 
 # -- durability -----------------------------------------------------------------------------

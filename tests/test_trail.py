@@ -10,8 +10,7 @@ the end.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,40 +18,14 @@ import pytest
 from bridge.outbox import Attempt, DeadLetterFilter, NewEvent, Outbox, OutboxStats, Retention, TrailFilter
 from bridge.outbox import trail as trail_rules
 from tests.support.clock import FakeClock
-from tests.support.outboxes import BACKENDS, DEST, OutboxBackend, backend_under_test, claim
+from tests.support.outboxes import DEST, OutboxBackend, claim
 
 OutboxFactory = Callable[..., Awaitable[Outbox]]
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OutboxBackend]:
-    async with backend_under_test(request.param, tmp_path) as under_test:
-        yield under_test
-
-
-@pytest.fixture
-async def make_outbox(backend: OutboxBackend, clock: FakeClock) -> AsyncIterator[OutboxFactory]:
-    opened: list[Outbox] = []
-
-    async def make(**options: Any) -> Outbox:
-        box = backend.make(**{"max_pending": 100_000, "clock": clock, **options})
-        await box.open()
-        opened.append(box)
-        return box
-
-    yield make
-    for box in opened:
-        await box.close()
-
-
-@pytest.fixture
-async def outbox(make_outbox: OutboxFactory) -> Outbox:
-    return await make_outbox()
+def outbox_max_pending() -> int:
+    return 100_000
 
 
 def event(key: str, title: str, *, status: str = "Critical", destination: str = DEST, **labels: str) -> NewEvent:
