@@ -272,8 +272,9 @@ class Harness:
         """Advance the fake clock by ``step`` and wake the dispatcher, over and over, until ``done()`` (bounded).
 
         The clock moves again only after a whole feeder pass has run at the current fake time and every claimed
-        event has reached the destination, so each event is sent at the fake time it became sendable, however
-        slow the machine is.
+        event has reached the destination (or waits, leased ahead, for a free worker; or was held too long and
+        left to be claimed again), so each event is sent at the fake time it became sendable, however slow the
+        machine is.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT_SECONDS
@@ -282,7 +283,8 @@ class Harness:
         while not done():
             if loop.time() > deadline or steps >= max_steps:
                 pytest.fail(f"timed out waiting for {what} (fake clock at {self.clock.now})")
-            if self.outbox.finished > started and self.outbox.claimed == len(destination.calls):
+            sent_or_held = len(destination.calls) + dispatcher.held_ahead + dispatcher.forgotten_ahead
+            if self.outbox.finished > started and self.outbox.claimed == sent_or_held:
                 self.clock.advance(step)
                 steps += 1
                 started = self.outbox.passes  # the next pass to finish must start after this advance
@@ -323,7 +325,8 @@ async def until(condition: Callable[[], bool | Awaitable[bool]], what: str = "co
 
 async def settle(h: Harness, dispatcher: Dispatcher, destination: ScriptedDestination, passes: int = 2) -> None:
     """Wake the feeder until ``passes`` whole passes that began after this call have finished, and every event
-    they claimed has reached the destination: whatever the feeder would do now, it has done.
+    they claimed has reached the destination (or waits, leased ahead, for a free worker): whatever the feeder
+    would do now, it has done.
 
     A signal, not a sleep: ``CountingOutbox`` counts passes started and finished (the harness refreshes stats
     and scans destinations on every pass), and claimed events against the destination's calls.
@@ -332,7 +335,8 @@ async def settle(h: Harness, dispatcher: Dispatcher, destination: ScriptedDestin
 
     def done() -> bool:
         dispatcher.wake()
-        return h.outbox.finished >= target and h.outbox.claimed == len(destination.calls)
+        sent_or_held = len(destination.calls) + dispatcher.held_ahead + dispatcher.forgotten_ahead
+        return h.outbox.finished >= target and h.outbox.claimed == sent_or_held
 
     await until(done, f"{passes} feeder passes")
 
@@ -1117,6 +1121,51 @@ async def test_workers_limit_caps_concurrent_attempts(h: Harness) -> None:
     assert destination.max_active == 2
     assert sorted(destination.calls) == [f"e{i}" for i in range(5)]
     assert await h.outbox.stats() == OutboxStats(pending=0, dead=0, oldest_pending_created_at=None)
+
+
+async def test_busy_workers_have_the_next_events_leased_ahead_each_sent_once(h: Harness) -> None:
+    """While every worker is busy, the lane leases as many events again, so a worker that frees up starts the next
+    one without waiting for a claim to commit; each event still goes out exactly once, one attempt per key.
+    With a shared rate limit (PostgreSQL) nothing is leased ahead: a claim there draws on the limit of every replica."""
+    ahead = 2 if h.outbox.rate_limits is None else 0
+    gate = asyncio.Event()
+    destination = ScriptedDestination(gate=gate)
+    await h.put(*((f"k{i}", f"e{i}") for i in range(7)))
+    dispatcher = h.dispatcher(destination, workers=2)
+
+    await until(lambda: destination.active == 2, "two attempts to start")
+    await settle(h, dispatcher, destination)
+    assert destination.calls == ["e0", "e1"]
+    assert dispatcher.held_ahead == ahead
+    assert h.outbox.claimed == 2 + ahead  # leased: no other claim can take those keys meanwhile
+
+    gate.set()
+    await until(lambda: h.rows() == {}, "all events to be delivered")
+    assert sorted(destination.calls) == [f"e{i}" for i in range(7)]
+    assert destination.max_active == 2
+    assert dispatcher.held_ahead == 0
+
+
+async def test_events_leased_ahead_and_held_for_half_their_lease_are_claimed_again_not_sent_twice(
+    h: Harness,
+) -> None:
+    """A 429 pauses the lane for longer than half a lease: the event leased ahead is not sent on a lease that may
+    run out on the wire; it is left to its lease and claimed again, and goes out once."""
+    await h.put(("k1", "first"), ("k2", "second"), ("k3", "third"))
+    destination = ScriptedDestination(script={"first": [rate_limited(retry_after=200)]}, clock=h.clock)
+    dispatcher = h.dispatcher(destination, workers=1, backoff_initial=1)
+    leased_at = h.clock.now
+    await h.attempt_recorded("first", 1)
+    ahead = 1 if h.outbox.rate_limits is None else 0
+    assert dispatcher.held_ahead == ahead  # "second", leased ahead before the 429 came
+
+    await h.run_clock(dispatcher, destination, lambda: h.rows() == {}, step=5, what="the backlog to drain")
+
+    assert destination.calls[0] == "first"
+    assert sorted(destination.calls[1:]) == ["first", "second", "third"]  # each once after the pause
+    if ahead:  # not sent on the lease taken 200 s before; claimed again once it ran out
+        assert destination.times[destination.calls.index("second")] >= leased_at + LEASE_SECONDS
+    assert dispatcher.forgotten_ahead == ahead
 
 
 async def test_default_dispatcher_scans_the_outbox_for_destinations_only_now_and_then(backend: OutboxBackend) -> None:
