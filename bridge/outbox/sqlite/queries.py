@@ -31,8 +31,11 @@ KEYS_PER_QUERY = 500
 #: What a probe writes: a storage that takes this much again is worth trying a request on.
 PROBE_BYTES = 16384
 #: ``trail.append_step`` in SQL: ``steps`` with the step bound as ``?1`` appended (NULL: unchanged).
+#: An event's first step (most are delivered at their first attempt) is written as text: ``?1`` is
+#: ``trail.step``'s compact JSON, which ``json()`` would give back unchanged, and parsing ``steps``
+#: and ``?1`` through the JSON functions costs about a fifth of a delivered event's UPDATE.
 APPEND_STEP = (
-    "CASE WHEN ?1 IS NULL THEN steps"
+    "CASE WHEN ?1 IS NULL THEN steps WHEN steps = '[]' THEN '[' || ?1 || ']'"
     f" WHEN json_array_length(steps) < {trail.MAX_STEPS} THEN json_insert(steps, '$[#]', json(?1))"
     " ELSE json_replace(steps, '$[#-1]', json(?1)) END"
 )
