@@ -514,6 +514,38 @@ async def test_coalescing_does_not_shrink_a_claim(outbox: Outbox) -> None:
     assert result.coalesced == 1
 
 
+async def test_a_coalesced_head_hands_its_rank_to_the_event_that_supersedes_it(outbox: Outbox) -> None:
+    """The event that replaces a coalesced head is ranked by its own status, within the same claim."""
+    await outbox.put([ev("k", "k-critical"), ev("k", "k-info", status="Info"), ev("j", "j-warning", status="Warning")])
+
+    result = await outbox.claim(DEST, 1, 30)
+    assert (bodies(result), result.coalesced) == (["j-warning"], 1)  # not k-info, ranked as the Critical it replaced
+    assert bodies(await claim(outbox)) == ["k-info"]
+
+
+async def test_events_queued_behind_an_event_in_flight_are_coalesced_once_it_is_delivered(
+    backend: OutboxBackend, outbox: Outbox
+) -> None:
+    """Firing states that arrive while their key's head is being delivered wait for it; its ack hands the key
+    to the oldest, the next claim coalesces it into the newest, and the key's last ack drops its head."""
+    await outbox.put([ev("k", "inflight"), ev("j", "other")])
+    inflight, other = await claim(outbox)
+    await outbox.put([ev("k", "second"), ev("k", "third", status="Warning"), ev("k", "ok", status="Ok")])
+    await outbox.delivered(inflight.id)
+
+    result = await outbox.claim(DEST, 10, 30)
+    assert (bodies(result), result.coalesced) == (["third"], 1)
+    await outbox.delivered(other.id)
+    await outbox.delivered(result.events[0].id)
+    (ok,) = await claim(outbox)
+    assert ok.body == "ok"
+    assert [row["body"] for row in backend.events()] == ["ok"]
+    assert (await outbox.stats()).pending == 1
+
+    await outbox.delivered(ok.id)
+    assert ((await outbox.stats()).pending, await outbox.destinations(), await outbox.next_due()) == (0, [], None)
+
+
 # -- expiry ------------------------------------------------------------------------------------------
 
 

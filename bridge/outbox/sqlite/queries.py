@@ -31,13 +31,62 @@ KEYS_PER_QUERY = 500
 #: What a probe writes: a storage that takes this much again is worth trying a request on.
 PROBE_BYTES = 16384
 #: ``trail.append_step`` in SQL: ``steps`` with the step bound as ``?1`` appended (NULL: unchanged).
+#: An event's first step (most are delivered at their first attempt) is written as text: ``?1`` is
+#: ``trail.step``'s compact JSON, which ``json()`` would give back unchanged, and parsing ``steps``
+#: and ``?1`` through the JSON functions costs about a fifth of a delivered event's UPDATE.
 APPEND_STEP = (
-    "CASE WHEN ?1 IS NULL THEN steps"
+    "CASE WHEN ?1 IS NULL THEN steps WHEN steps = '[]' THEN '[' || ?1 || ']'"
     f" WHEN json_array_length(steps) < {trail.MAX_STEPS} THEN json_insert(steps, '$[#]', json(?1))"
     " ELSE json_replace(steps, '$[#-1]', json(?1)) END"
 )
 #: Ids a trail scan without an alert_key reads per slice (one short read on the outbox thread).
 TRAIL_SLICE = 4000
+
+# The statements of delivery, which runs several per event on the event loop: built once, not per call.
+
+#: Due heads of a destination (``?1``, at ``?2``), best first, up to ``?3``; each with, when ``?4``
+#: (coalescing), the id of the next pending event of its key (NULL: none), the one that may supersede it.
+CLAIM = (
+    "SELECT e.id, e.destination, e.alert_key, e.event_status, e.body, e.attempts, e.created_at,"
+    " CASE WHEN ?4 THEN (SELECT n.id FROM events n WHERE n.destination = e.destination"
+    " AND n.alert_key = e.alert_key AND n.state = 'pending' AND n.id > e.id ORDER BY n.id LIMIT 1) END"
+    " FROM heads h JOIN events e ON e.id = h.event_id"
+    " WHERE h.destination = ?1 AND h.next_attempt_at <= ?2 AND h.lease_until <= ?2"
+    " ORDER BY h.priority, h.event_id LIMIT ?3"
+)
+LEASE = "UPDATE heads SET lease_until = ? WHERE destination = ? AND alert_key = ?"
+COALESCE = f"UPDATE events SET state = '{trail.COALESCED}', finished_at = ?2, steps = {APPEND_STEP} WHERE id = ?3"
+#: The head of key (``?4``, ``?5``) is event ``?1`` now, of priority ``?2``, due at ``?3``.
+MOVE_HEAD = (
+    "UPDATE heads SET event_id = ?1, priority = ?2, next_attempt_at = ?3, lease_until = 0"
+    " WHERE destination = ?4 AND alert_key = ?5"
+)
+#: The key (``?1``, ``?2``) has no pending event left: its head goes.
+DROP_HEAD = (
+    "DELETE FROM heads WHERE destination = ?1 AND alert_key = ?2 AND NOT EXISTS"
+    " (SELECT 1 FROM events WHERE destination = ?1 AND alert_key = ?2 AND state = 'pending')"
+)
+#: The key (``?1``, ``?2``) has pending events: its head is the oldest, due at ``?3``.
+ADVANCE_HEAD = (
+    "UPDATE heads SET (event_id, priority, next_attempt_at, lease_until) ="
+    f" (SELECT id, {PRIORITY_SQL}, ?3, 0 FROM events WHERE destination = ?1 AND alert_key = ?2 AND state = 'pending'"
+    " ORDER BY id LIMIT 1) WHERE destination = ?1 AND alert_key = ?2"
+)
+KEY_OF = "SELECT destination, alert_key FROM events WHERE id = ? AND state = 'pending'"
+#: Event ``?4`` is delivered (``?1``: the attempt's step, ``?3``: Flashduty's request_id).
+DELIVERED = (
+    f"UPDATE events SET state = '{trail.DELIVERED}', finished_at = ?2, attempts = attempts + 1,"
+    f" request_id = ?3, steps = {APPEND_STEP} WHERE id = ?4"
+)
+DELIVERED_STATE = (
+    "INSERT INTO key_state (destination, alert_key, delivered_id, delivered_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT DO UPDATE SET delivered_id = excluded.delivered_id, delivered_at = excluded.delivered_at"
+)
+#: Event ``?7`` is a dead letter (``?1``: its step).
+PARK = (
+    "UPDATE events SET state = 'dead', attempts = attempts + ?2, last_code = ?3, last_error = ?4,"
+    f" request_id = ?5, dead_at = ?6, steps = {APPEND_STEP} WHERE id = ?7"
+)
 #: A request with several events: their trail rows name it.
 Request = tuple[Sequence[NewEvent], str | None]
 
@@ -183,86 +232,66 @@ class Queries:
         expired: list[Claimed] = []
         coalesced = 0
         while len(events) < limit:
-            rows = db.execute(
-                "SELECT e.id, e.destination, e.alert_key, e.event_status, e.body, e.attempts, e.created_at"
-                " FROM heads h JOIN events e ON e.id = h.event_id"
-                " WHERE h.destination = ? AND h.next_attempt_at <= ? AND h.lease_until <= ?"
-                " ORDER BY h.priority, h.event_id LIMIT ?",
-                (destination, now, now, limit - len(events)),
-            ).fetchall()
-            if not rows:
-                break
-            for row in rows:
-                event = Claimed(*row)
+            wanted = limit - len(events)
+            rows = db.execute(CLAIM, (destination, now, wanted, coalesce)).fetchall()
+            leased: list[tuple[float, str, str]] = []
+            advanced = False  # a key's head moved to its next event, which is due now: look again
+            for *fields, following in rows:
+                event = Claimed(*fields)
                 if self.max_age is not None and policy.is_expired(event.created_at, now, self.max_age):
                     message = policy.expiry_message(self.max_age)
                     note = trail.step(policy.EXPIRED, now, message=message)
                     self.park(db, event.id, policy.EXPIRED, message, None, now, note, attempted=False)
                     expired.append(event)
+                    advanced = True
                     continue
-                following = self._next(db, event) if coalesce else None
-                if following is not None and policy.superseded_by(event.event_status, following[1]):
-                    # A newer firing state of the same key is queued behind this one: send that instead.
-                    db.execute(
-                        f"UPDATE events SET state = '{trail.COALESCED}', finished_at = ?2, steps = {APPEND_STEP}"
-                        " WHERE id = ?3",
-                        (trail.step(trail.COALESCED, now, by=following[0]), now, event.id),
-                    )
-                    self.pending -= 1
-                    self._advance(db, event.destination, event.alert_key, now)
-                    coalesced += 1
-                    continue
-                db.execute(
-                    "UPDATE heads SET lease_until = ? WHERE destination = ? AND alert_key = ?",
-                    (now + lease_seconds, event.destination, event.alert_key),
-                )
+                # Only a firing head can be superseded (an Ok never is): only then read the next one's status.
+                if following is not None and event.event_status != "Ok":
+                    (status,) = db.execute("SELECT event_status FROM events WHERE id = ?", (following,)).fetchone()
+                    if policy.superseded_by(event.event_status, status):
+                        # A newer firing state of the same key is queued behind this one: send that instead.
+                        db.execute(COALESCE, (trail.step(trail.COALESCED, now, by=following), now, event.id))
+                        self.pending -= 1
+                        # ``following`` is the key's oldest pending event now: it becomes the head, due at once.
+                        db.execute(
+                            MOVE_HEAD,
+                            (following, policy.priority(status), now, event.destination, event.alert_key),
+                        )
+                        coalesced += 1
+                        advanced = True
+                        continue
+                leased.append((now + lease_seconds, event.destination, event.alert_key))
                 events.append(event)
+            # Before the next look: a leased head is no longer due.
+            db.executemany(LEASE, leased)
+            if len(rows) < wanted and not advanced:
+                break  # every due head was read, and none became due meanwhile
         next_due = self.next_due(db, destination) if len(events) < limit else None
         return ClaimResult(events, coalesced, expired, next_due)
 
     @staticmethod
-    def _next(db: sqlite3.Connection, event: Claimed) -> tuple[int, str] | None:
-        """The id and status of the pending event right behind ``event`` in its key, if any."""
-        if event.event_status == "Ok":
-            return None  # an Ok is never superseded: no need to look
-        row = db.execute(
-            "SELECT id, event_status FROM events WHERE destination = ? AND alert_key = ? AND state = 'pending'"
-            " AND id > ? ORDER BY id LIMIT 1",
-            (event.destination, event.alert_key, event.id),
-        ).fetchone()
-        return None if row is None else (int(row[0]), str(row[1]))
+    def _key_of(db: sqlite3.Connection, event_id: int) -> tuple[str, str] | None:
+        # A SELECT, not UPDATE ... RETURNING: SQLite runs RETURNING through its trigger machinery,
+        # which costs more than this lookup by primary key (measured: 19.9 against 15.3 µs per ack).
+        row = db.execute(KEY_OF, (event_id,)).fetchone()
+        return (row[0], row[1]) if row else None
 
     @staticmethod
     def _advance(db: sqlite3.Connection, destination: str, alert_key: str, now: float) -> None:
-        """Make the key's oldest pending event its head (the old head is no longer pending), or drop the head."""
-        row = db.execute(
-            "SELECT id, event_status FROM events WHERE destination = ? AND alert_key = ? AND state = 'pending'"
-            " ORDER BY id LIMIT 1",
-            (destination, alert_key),
-        ).fetchone()
-        if row is None:
-            db.execute("DELETE FROM heads WHERE destination = ? AND alert_key = ?", (destination, alert_key))
-        else:
-            db.execute(
-                "UPDATE heads SET event_id = ?, priority = ?, next_attempt_at = ?, lease_until = 0"
-                " WHERE destination = ? AND alert_key = ?",
-                (row[0], policy.priority(row[1]), now, destination, alert_key),
-            )
+        """Make the key's oldest pending event its head (the old head is no longer pending), or drop the head.
 
-    @staticmethod
-    def _key_of(db: sqlite3.Connection, event_id: int) -> tuple[str, str] | None:
-        row = db.execute(
-            "SELECT destination, alert_key FROM events WHERE id = ? AND state = 'pending'", (event_id,)
-        ).fetchone()
-        return (row[0], row[1]) if row else None
+        Most keys have nothing queued behind the event that left: the head goes in one statement,
+        and only when one is left does the head move to it.
+        """
+        if db.execute(DROP_HEAD, (destination, alert_key)).rowcount == 0:
+            db.execute(ADVANCE_HEAD, (destination, alert_key, now))
 
     def delivered(self, db: sqlite3.Connection, now: float, event_id: int, attempt: trail.Attempt | None) -> None:
         key = self._key_of(db, event_id)
         if key is None:
-            return
+            return  # no longer pending (parked, or delivered already): nothing to record
         db.execute(
-            f"UPDATE events SET state = '{trail.DELIVERED}', finished_at = ?2, attempts = attempts + 1,"
-            f" request_id = ?3, steps = {APPEND_STEP} WHERE id = ?4",
+            DELIVERED,
             (
                 None if attempt is None else trail.attempt_step(attempt),
                 now,
@@ -271,11 +300,7 @@ class Queries:
             ),
         )
         self.pending -= 1
-        db.execute(
-            "INSERT INTO key_state (destination, alert_key, delivered_id, delivered_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT DO UPDATE SET delivered_id = excluded.delivered_id, delivered_at = excluded.delivered_at",
-            (*key, event_id, now),
-        )
+        db.execute(DELIVERED_STATE, (*key, event_id, now))
         self._advance(db, *key, now)
 
     @staticmethod
@@ -309,11 +334,7 @@ class Queries:
         key = self._key_of(db, event_id)
         if key is None:
             return
-        db.execute(
-            "UPDATE events SET state = 'dead', attempts = attempts + ?2, last_code = ?3, last_error = ?4,"
-            f" request_id = ?5, dead_at = ?6, steps = {APPEND_STEP} WHERE id = ?7",
-            (note, int(attempted), code, error, request_id, now, event_id),
-        )
+        db.execute(PARK, (note, int(attempted), code, error, request_id, now, event_id))
         self.pending -= 1
         self._advance(db, *key, now)
 
