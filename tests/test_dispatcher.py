@@ -1125,9 +1125,8 @@ async def test_workers_limit_caps_concurrent_attempts(h: Harness) -> None:
 
 async def test_busy_workers_have_the_next_events_leased_ahead_each_sent_once(h: Harness) -> None:
     """While every worker is busy, the lane leases as many events again, so a worker that frees up starts the next
-    one without waiting for a claim to commit; each event still goes out exactly once, one attempt per key.
-    With a shared rate limit (PostgreSQL) nothing is leased ahead: a claim there draws on the limit of every replica."""
-    ahead = 2 if h.outbox.rate_limits is None else 0
+    one without waiting for a claim to commit; each event still goes out exactly once, one attempt per key."""
+    ahead = 2
     gate = asyncio.Event()
     destination = ScriptedDestination(gate=gate)
     await h.put(*((f"k{i}", f"e{i}") for i in range(7)))
@@ -1156,7 +1155,7 @@ async def test_events_leased_ahead_and_held_for_half_their_lease_are_claimed_aga
     dispatcher = h.dispatcher(destination, workers=1, backoff_initial=1)
     leased_at = h.clock.now
     await h.attempt_recorded("first", 1)
-    ahead = 1 if h.outbox.rate_limits is None else 0
+    ahead = 1
     assert dispatcher.held_ahead == ahead  # "second", leased ahead before the 429 came
 
     await h.run_clock(dispatcher, destination, lambda: h.rows() == {}, step=5, what="the backlog to drain")

@@ -19,13 +19,14 @@ attempt's :class:`Outcome` decides:
 ``attempts`` counts every attempt an event ever had, across replays, so "attempt 3" in
 the log is the third request Flashduty saw for that event.
 
-With in-process pacing (SQLite), a lane with room in its rate limit and a closed circuit also leases up to
-``workers`` events ahead of its free workers: a worker that frees up starts the next one at once instead of
+A lane with room in its rate limit and a closed circuit also leases up to ``workers`` events ahead of its
+free workers: a worker that frees up starts the next one at once instead of
 waiting for a claim to commit, and claims and acks share fewer, larger transactions (measured on a backlog
 drain: about 15% less CPU per event and a third more events/s). Leased events are heads of their keys like
 any claimed ones, so order holds; an event higher in priority that arrives meanwhile waits behind at most
 those. One held for half its lease (its lane was paused meanwhile) is not sent: the lease could run out on
-the wire and the event be claimed twice. It is left to its lease and claimed again after it.
+the wire and the event be claimed twice. It is left to its lease and claimed again after it. (A replica that
+dies leaves the keys of those events, as of its attempts in flight, to the next claim after their leases.)
 
 When the outbox is shared by several processes (PostgreSQL), so is pacing: claims go through
 the outbox's ``rate_limits``, which leases only as many events as the destination's one rate
@@ -297,7 +298,7 @@ class Dispatcher:
             started = self._start_ready(lane, budget, now)
             started_any |= started > 0
             budget -= started
-            ahead = self._ahead(lane, budget, now) if shared is None else 0
+            ahead = self._ahead(lane, budget, now)
             if budget <= 0 and ahead <= 0:
                 continue
             if shared is None:
@@ -306,7 +307,7 @@ class Dispatcher:
                 # Every replica draws on the same limit: the claim leases only what it grants.
                 limits = lane.limits
                 claim, reservation = await shared.claim(
-                    name, budget, self.lease_seconds, limits.per_second, limits.per_minute
+                    name, budget + ahead, self.lease_seconds, limits.per_second, limits.per_minute
                 )
                 lane.shared_headroom = reservation.headroom
             if claim.next_due is not None:
@@ -359,9 +360,9 @@ class Dispatcher:
     def _ahead(self, lane: _Lane, budget: int, now: float) -> int:
         """How many events to lease beyond ``budget``, for workers that free up before the next claim commits.
 
-        Only while nothing holds the lane back (circuit closed, rate limit with room for them), and only with
-        in-process pacing: a shared rate limit grants what a claim leases, and leasing ahead would draw on it
-        for events not yet sent.
+        Only while nothing holds the lane back (circuit closed, rate limit with room for them). With a shared
+        rate limit, the claim draws on it for these too: early, never more than it grants, and one forgotten
+        (see ``_start_ready``) leaves its share unused rather than sent twice.
         """
         if lane.circuit.state is not CircuitState.CLOSED:
             return 0
