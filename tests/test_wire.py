@@ -165,6 +165,16 @@ async def test_a_chunked_answer_is_put_together_and_retry_after_is_read() -> Non
     assert len(connections) == 1
 
 
+async def test_interim_answers_are_skipped_for_the_final_one() -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"
+    async with peer(answering(interim + ok_answer())) as (port, connections):
+        pool = origin(port)
+        answers = [await pool.post(HEAD, b"{}", 2.0) for _ in range(2)]
+        pool.close()
+    assert answers == [Answer(200, OK)] * 2
+    assert len(connections) == 1
+
+
 async def test_an_answer_over_the_body_limit_is_cut_and_its_connection_dropped() -> None:
     big = b"x" * 10_000
     async with peer(answering(ok_answer(big))) as (port, connections):

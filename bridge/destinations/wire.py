@@ -8,7 +8,8 @@ per delivered event. This module keeps only what delivery needs, and leaves HTTP
 ``httptools`` (llhttp, the parser uvicorn serves with):
 
 * :meth:`Origin.post` sends one request on an idle connection of the pool, or a new one, and
-  returns an :class:`Answer` (status, ``Retry-After``, at most ``max_body`` bytes of body);
+  returns an :class:`Answer` (status, ``Retry-After``, at most ``max_body`` bytes of body), the final
+  one: interim 1xx answers (``100 Continue``, ``103 Early Hints``) are skipped;
 * one deadline covers the whole attempt, connecting and TLS included: a peer that trickles its
   answer byte by byte cannot hold a worker beyond it (:class:`TimeoutError`);
 * no answer at all (refused, reset, DNS, TLS, closed mid-answer, not HTTP) raises
@@ -167,6 +168,9 @@ class _Connection(asyncio.Protocol):
                 self.close()
 
     def on_message_complete(self) -> None:
+        if 100 <= self._parser.get_status_code() < 200:
+            self._reset()  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+            return
         if not self._parser.should_keep_alive():
             self.closed = True
         self._complete()
