@@ -26,8 +26,8 @@ drain: about 15% less CPU per event and a third more events/s). Leased events ar
 any claimed ones, so order holds; an event higher in priority that arrives meanwhile waits behind at most
 those. One held for half its lease (its lane was paused meanwhile) is not sent: the lease could run out on
 the wire and the event be claimed twice. It is left to its lease and claimed again after it. Stopping leaves them
-leased until the outbox closes, which ends every lease the process holds (a killed process's leases run out,
-as those of its attempts in flight do).
+leased until the outbox closes (PostgreSQL ends a closing replica's leases; SQLite clears them when it opens);
+a killed process's leases run out, as those of its attempts in flight do.
 
 When the outbox is shared by several processes (PostgreSQL), so is pacing: claims go through
 the outbox's ``rate_limits``, which leases only as many events as the destination's one rate
