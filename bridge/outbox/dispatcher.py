@@ -325,21 +325,16 @@ class Dispatcher:
                     name,
                     self.config.retry_horizon,
                 )
-            for event in claim.events:
-                if budget <= 0:
-                    lane.ready.append((now, event))  # leased ahead: the next free worker takes it without a claim
-                    continue
-                budget -= 1
-                lane.limiter.reserve()
-                lane.circuit.started()
-                self._spawn(lane, event)
-                started_any = True
+            # Up to the budget start now; the rest is leased ahead: the next free worker takes it without a claim.
+            lane.ready.extend((now, event) for event in claim.events)
+            started_any |= self._start_ready(lane, budget, now) > 0
         if started_any and self._sending < self.config.workers:
             return None  # there may be more due right away
         return wake_at
 
     def _start_ready(self, lane: _Lane, budget: int, now: float) -> int:
-        """Start up to ``budget`` events the lane leased ahead (how many); forget those held for half their lease.
+        """Start up to ``budget`` of the lane's leased events, oldest first (how many); forget those held for half
+        their lease.
 
         An event held that long (the lane was paced or its circuit opened meanwhile) is not sent: its lease
         may run out while it is on the wire, and then a new claim could send it a second time. It stays
