@@ -227,7 +227,7 @@ class FlashdutyDestination:
         user_agent = f"flashduty-bridge/{__version__}"
         self._proxy = transports.proxy_for(url)
         self._origin: wire.Origin | None = None
-        self._unusable: str | None = None  # why no request can be made to this URL
+        self._unusable = ""  # why no request can be made to this URL (no origin, no proxy)
         if self._proxy is not None:
             self._url = URL(full, encoded=True)  # parsed once; with_integration_key already encoded it
             # One deadline for the whole attempt, answer included: per socket operation, a peer that
@@ -251,10 +251,10 @@ class FlashdutyDestination:
         return f"FlashdutyDestination({self.name}, {self.display_url})"
 
     async def send(self, body: str) -> Outcome:
+        if self._proxy is not None:
+            return await self._send_through_proxy(self._proxy, body)
         if self._origin is None:
-            if self._proxy is not None:
-                return await self._send_through_proxy(self._proxy, body)
-            return Outcome(Verdict.GIVE_UP, Reason.REJECTED, "client", self._unusable or "no request can be made")
+            return Outcome(Verdict.GIVE_UP, Reason.REJECTED, "client", self._unusable)
         data = body.encode()
         try:
             answer = await self._origin.post(self._head + b"%d\r\n\r\n" % len(data), data, self._timeout)
