@@ -85,20 +85,17 @@ def step(kind: str, at: float, **fields: Any) -> str:
 
 
 def attempt_step(attempt: Attempt) -> str:
-    """:func:`step` of an attempt (one per delivered event: the dict is built once, not through ``**fields``)."""
-    return orjson.dumps(
-        {
-            "kind": "attempt",
-            "at": attempt.at,
-            "outcome": attempt.outcome,
-            "reason": attempt.reason,
-            "code": attempt.code,
-            "status": attempt.status,
-            "request_id": attempt.request_id,
-            "latency_ms": round(attempt.latency * 1000, 1),
-            "message": attempt.message,
-        }
-    ).decode()
+    return step(
+        "attempt",
+        attempt.at,
+        outcome=attempt.outcome,
+        reason=attempt.reason,
+        code=attempt.code,
+        status=attempt.status,
+        request_id=attempt.request_id,
+        latency_ms=round(attempt.latency * 1000, 1),
+        message=attempt.message,
+    )
 
 
 def append_step(steps: list[Any], new: Any) -> list[Any]:
