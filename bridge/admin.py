@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import math
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,7 +18,7 @@ from starlette.routing import Route
 
 from bridge.config import Duration
 from bridge.outbox import DeadLetterFilter, ReplayResult
-from bridge.responses import envelope
+from bridge.responses import envelope, new_request_id
 from bridge.sources import describe_validation_error
 
 if TYPE_CHECKING:
@@ -101,7 +100,7 @@ def guard(
 def authorise(request: Request) -> tuple[Bridge, Response | None]:
     bridge: Bridge = request.app.state.bridge
     token = bridge.config.admin.token.get_secret_value()
-    request_id = uuid.uuid4().hex
+    request_id = new_request_id()
     if not token:
         return bridge, envelope(403, request_id, code="AccessDenied", message="admin API disabled: set admin.token")
     return bridge, guard(request, bridge, token, "admin", request_id)
@@ -125,16 +124,16 @@ async def _with_selection(request: Request) -> tuple[Bridge, Selection | None, R
         return bridge, await _selection(request), None
     except ValidationError as exc:
         message = describe_validation_error(exc)
-        return bridge, None, envelope(400, uuid.uuid4().hex, code="InvalidParameter", message=message)
+        return bridge, None, envelope(400, new_request_id(), code="InvalidParameter", message=message)
 
 
 async def list_dead_letters(request: Request) -> Response:
     """``GET /api/v1/dead-letters?destination=&code=&older_than=&ids=&limit=``"""
     bridge, selection, problem = await _with_selection(request)
     if problem is not None or selection is None:
-        return problem or envelope(500, uuid.uuid4().hex, code="InternalError")
+        return problem or envelope(500, new_request_id(), code="InternalError")
     rows = await bridge.outbox.dead_letters(selection.to_filter())
-    return envelope(200, uuid.uuid4().hex, data={"dead_letters": rows})
+    return envelope(200, new_request_id(), data={"dead_letters": rows})
 
 
 async def show_dead_letter(request: Request) -> Response:
@@ -145,8 +144,8 @@ async def show_dead_letter(request: Request) -> Response:
     event_id = int(request.path_params["id"])
     rows = await bridge.outbox.dead_letters(DeadLetterFilter(ids=(event_id,), limit=1))
     if not rows:
-        return envelope(404, uuid.uuid4().hex, code="ResourceNotFound", message=f"no dead letter {event_id}")
-    return envelope(200, uuid.uuid4().hex, data=rows[0])
+        return envelope(404, new_request_id(), code="ResourceNotFound", message=f"no dead letter {event_id}")
+    return envelope(200, new_request_id(), data=rows[0])
 
 
 async def replay(bridge: Bridge, where: DeadLetterFilter, *, force: bool = False) -> ReplayResult:
@@ -161,11 +160,11 @@ async def replay_dead_letters(request: Request) -> Response:
     """``POST /api/v1/dead-letters/replay`` with a :class:`Selection` body."""
     bridge, selection, problem = await _with_selection(request)
     if problem is not None or selection is None:
-        return problem or envelope(500, uuid.uuid4().hex, code="InternalError")
+        return problem or envelope(500, new_request_id(), code="InternalError")
     result = await replay(bridge, selection.to_filter(), force=selection.force)
     return envelope(
         200,
-        uuid.uuid4().hex,
+        new_request_id(),
         data={"replayed": result.replayed, "superseded": result.superseded, "in_flight": result.in_flight},
     )
 
@@ -174,12 +173,12 @@ async def purge_dead_letters(request: Request) -> Response:
     """``POST /api/v1/dead-letters/purge`` with a :class:`Selection` body (``all: true`` for everything)."""
     bridge, selection, problem = await _with_selection(request)
     if problem is not None or selection is None:
-        return problem or envelope(500, uuid.uuid4().hex, code="InternalError")
+        return problem or envelope(500, new_request_id(), code="InternalError")
     if not selection.narrowed and not selection.all:
         message = "give ids, destination, code or older_than, or all: true to purge every dead letter"
-        return envelope(400, uuid.uuid4().hex, code="InvalidParameter", message=message)
+        return envelope(400, new_request_id(), code="InvalidParameter", message=message)
     purged = await bridge.outbox.purge(selection.to_filter())
-    return envelope(200, uuid.uuid4().hex, data={"purged": purged})
+    return envelope(200, new_request_id(), data={"purged": purged})
 
 
 routes = [

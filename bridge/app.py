@@ -16,7 +16,6 @@ import contextlib
 import logging
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ from bridge.metrics import Metrics
 from bridge.outbox import Outbox, OutboxUnavailable, open_outbox
 from bridge.outbox.dispatcher import Dispatcher, lease_for
 from bridge.passthrough import PassthroughKeys
-from bridge.responses import envelope
+from bridge.responses import envelope, new_request_id
 from bridge.runtime import Runtime
 
 log = logging.getLogger("bridge.app")
@@ -131,11 +130,11 @@ async def reload_config(request: Request) -> Response:
     bridge: Bridge = request.app.state.bridge
     ok, message = bridge.reload()
     if ok:
-        return envelope(200, uuid.uuid4().hex, data={"message": message})
+        return envelope(200, new_request_id(), data={"message": message})
     # The request is fine and nothing failed: the file (or its absence) cannot be applied now, and
     # the same request will work once it is fixed. That is a conflict with the server's state (409),
     # not a bad parameter, nor a 5xx (retrying cannot help).
-    return envelope(409, uuid.uuid4().hex, code="ReloadRefused", message=message)
+    return envelope(409, new_request_id(), code="ReloadRefused", message=message)
 
 
 async def healthy(request: Request) -> Response:
@@ -183,7 +182,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     codes = {404: "RouteNotFound", 405: "MethodNotAllowed"}
     return envelope(
         exc.status_code,
-        uuid.uuid4().hex,
+        new_request_id(),
         code=codes.get(exc.status_code, "InvalidParameter"),
         message=f"{request.method} {request.url.path}: {exc.detail}",
     )
@@ -191,7 +190,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 async def storage_unavailable(request: Request, exc: Exception) -> Response:
     """Storage failed under a handler (admin API, console): 503, as the intake answers, never a 500."""
-    return envelope(503, uuid.uuid4().hex, code="ServiceUnavailable", message=str(exc))
+    return envelope(503, new_request_id(), code="ServiceUnavailable", message=str(exc))
 
 
 def create_app(

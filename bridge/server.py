@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from bridge.config import LimitsConfig
+from bridge.responses import new_request_id
 
 #: Bytes of a request line beyond the URL: method, spaces, version, CRLF; of a header: ": " and CRLF.
 _LINE_OVERHEAD = 20
@@ -199,7 +199,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 def _answer(status: int, message: str) -> bytes:
     """A whole HTTP answer in the bridge's envelope, closing the connection."""
     code = {408: "RequestTimeout", 503: "ServiceUnavailable"}.get(status, "InvalidParameter")
-    error = {"request_id": uuid.uuid4().hex, "error": {"code": code, "message": message}}
+    error = {"request_id": new_request_id(), "error": {"code": code, "message": message}}
     body = json.dumps(error, separators=(",", ":")).encode()
     head = b"content-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % len(body)
     return STATUS_LINE[status] + head + body

@@ -15,7 +15,6 @@ console (:mod:`bridge.ui`) reads its filters with it too, so both accept the sam
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -30,7 +29,7 @@ from bridge.config import Duration
 from bridge.contract import EVENT_STATUSES
 from bridge.outbox import TrailFilter
 from bridge.outbox.trail import FILTER_OUTCOMES, MAX_LIMIT
-from bridge.responses import envelope
+from bridge.responses import envelope, new_request_id
 
 DEFAULT_LIMIT = 100
 _DURATION: TypeAdapter[float] = TypeAdapter(Duration)
@@ -130,11 +129,11 @@ async def list_events(request: Request) -> Response:
     try:
         where = parse_query(request.query_params.multi_items(), clock())
     except BadQuery as exc:
-        return envelope(400, uuid.uuid4().hex, code="InvalidParameter", message=str(exc))
+        return envelope(400, new_request_id(), code="InvalidParameter", message=str(exc))
     events = await bridge.outbox.trail(where)
     next_before = events[-1].id if len(events) == where.limit else None
     data = {"events": [event.to_json(body=False) for event in events], "next_before": next_before}
-    return envelope(200, uuid.uuid4().hex, data=data)
+    return envelope(200, new_request_id(), data=data)
 
 
 async def show_event(request: Request) -> Response:
@@ -145,8 +144,8 @@ async def show_event(request: Request) -> Response:
     event = await bridge.outbox.trail_event(event_id)
     if event is None:
         message = f"no event {event_id} (unknown, or past storage.history)"
-        return envelope(404, uuid.uuid4().hex, code="ResourceNotFound", message=message)
-    return envelope(200, uuid.uuid4().hex, data=event.to_json())
+        return envelope(404, new_request_id(), code="ResourceNotFound", message=message)
+    return envelope(200, new_request_id(), data=event.to_json())
 
 
 routes = [

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hmac
 import json
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from bridge import __version__, admin, trail
 from bridge.admin import client_address, locked_for, wrong_token
 from bridge.outbox import DeadLetterFilter
 from bridge.outbox.trail import FILTER_OUTCOMES
+from bridge.responses import new_request_id
 from bridge.timeline import describe_step
 from bridge.ui import masking, session
 
@@ -403,7 +403,7 @@ async def playground(request: Request) -> Response:
         return refused or _disabled()
     bridge: Bridge = request.app.state.bridge
     sources = sorted(bridge.runtime.sources)
-    return _page(request, "playground.html", cookie, sources=sources, request_id=uuid.uuid4().hex)
+    return _page(request, "playground.html", cookie, sources=sources, request_id=new_request_id())
 
 
 async def config_page(request: Request) -> Response:
