@@ -97,7 +97,7 @@ async def read_body(request: Request, limit: int, reservation: Reservation | Non
         if reservation is not None:
             await reservation.grow_to(size)
         chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return b"".join(chunks)
 
 
 def body_limit(bridge: Bridge, runtime: Runtime) -> int:
